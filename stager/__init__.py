@@ -1,0 +1,19 @@
+"""duckstage's stager: Huey results -> validated, cleaned, sealed Parquet files.
+
+The producer contract (DESIGN.md): ``TaskType``, ``TaskResult``, and the Huey
+task ``stager.tasks.process_fetched_data``.
+"""
+
+from .results import TaskResult, TaskType
+
+__all__ = ["TaskType", "TaskResult", "Stager"]
+
+
+def __getattr__(name):
+    # Stager pulls in threads and Huey storage; producers that only need the
+    # contract should not pay for it at import time.
+    if name == "Stager":
+        from .service import Stager
+
+        return Stager
+    raise AttributeError(name)

@@ -1,0 +1,291 @@
+"""Configuration: defaults in one place, validated once, passed down as plain values.
+
+``load_config`` reads ``config/duckstage.yaml`` (or ``--config PATH``, or
+``$DUCKSTAGE_CONFIG``), checks every key against ``SPEC`` and returns a frozen
+``Config``. Components take the values they need as arguments; none of them
+reads YAML or the environment.
+"""
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from .datasets import load_datasets
+from .exceptions import ConfigError
+
+ENV_VAR = "DUCKSTAGE_CONFIG"
+DEFAULT_PATH = Path("config") / "duckstage.yaml"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class Key:
+    """One configuration key: its default, what it accepts, and whether it is live."""
+
+    def __init__(self, default, kind, expected, check=None, live=False):
+        self.default = default
+        self.kind = kind  # a type or tuple of types
+        self.expected = expected
+        self.check = check or (lambda v: True)
+        self.live = live
+
+    def validate(self, value, source, key):
+        kind_ok = isinstance(value, self.kind) and not (
+            isinstance(value, bool) and bool not in _as_tuple(self.kind)
+        )
+        if not kind_ok or not self.check(value):
+            raise ConfigError(source, key, self.expected, value)
+        return value
+
+
+def _as_tuple(kind):
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+_num = (int, float)
+
+
+def _positive_int(expected="a positive integer", live=False, default=None):
+    return Key(default, int, expected, lambda v: v > 0, live)
+
+
+def _positive_num(default, live=True):
+    return Key(default, _num, "a positive number of seconds", lambda v: v > 0, live)
+
+
+# Batch settings that may also be set per task type under stager.task_types.
+BATCH_KEYS = {
+    "batch_size": _positive_int("a positive number of rows", live=True, default=1000),
+    "batch_bytes": Key(64 * 2**20, int, "a number of bytes >= 4096", lambda v: v >= 4096, True),
+    "batch_timeout": _positive_num(30),
+}
+
+SPEC = {
+    "data_dir": Key("data", str, "a directory path", lambda v: bool(v.strip())),
+    "datasets": Key("datasets.yaml", str, "a path to the datasets file", lambda v: bool(v.strip())),
+    "log_level": Key("INFO", str, "one of " + ", ".join(LOG_LEVELS), lambda v: v.upper() in LOG_LEVELS, True),
+    "huey": {
+        "backend": Key("sqlite", str, "sqlite (the only backend duckstage embeds)", lambda v: v == "sqlite"),
+        "name": Key("duckstage", str, "a non-empty queue name", lambda v: bool(v.strip())),
+        "path": Key("huey.db", str, "a file path", lambda v: bool(v.strip())),
+        "fsync": Key(True, bool, "true or false"),
+    },
+    "stager": {
+        "worker_threads": Key(4, int, "an integer from 1 to 64", lambda v: 1 <= v <= 64),
+        **BATCH_KEYS,
+        "queue_check_interval": _positive_num(0.1),
+        "run_huey_consumer": Key(True, bool, "true or false"),
+        "shutdown_timeout": _positive_num(60, live=False),
+        "status_interval": _positive_num(1.0),
+        "task_types": Key({}, dict, "a mapping of task type -> {batch_size, batch_bytes, batch_timeout}", live=True),
+    },
+    "loader": {
+        "database": Key("warehouse.duckdb", str, "a file path", lambda v: bool(v.strip())),
+        "max_retries": Key(3, int, "an integer >= 0", lambda v: v >= 0, True),
+        "retry_delay": _positive_num(5),
+        "retry_max_delay": _positive_num(60),
+        "rescan_interval": _positive_num(10),
+        "max_rows_per_transaction": _positive_int("a positive number of rows", live=True, default=1_000_000),
+        "new_columns": Key("add", str, "one of add, quarantine, ignore", lambda v: v in ("add", "quarantine", "ignore"), True),
+        "archive_retention_days": Key(0, _num, "a number of days >= 0 (0 keeps archives forever)", lambda v: v >= 0, True),
+        "idle_release": Key(2.0, _num, "a number of seconds >= 0", lambda v: v >= 0, True),
+    },
+}
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    batch_size: int
+    batch_bytes: int
+    batch_timeout: float
+
+
+@dataclass(frozen=True)
+class HueyConfig:
+    backend: str
+    name: str
+    path: Path
+    fsync: bool
+
+
+@dataclass(frozen=True)
+class StagerConfig:
+    worker_threads: int
+    batch: BatchSettings
+    queue_check_interval: float
+    run_huey_consumer: bool
+    shutdown_timeout: float
+    status_interval: float
+    task_types: dict = field(default_factory=dict)  # task type -> BatchSettings
+
+    def batch_for(self, task_type):
+        return self.task_types.get(task_type, self.batch)
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    database: Path
+    max_retries: int
+    retry_delay: float
+    retry_max_delay: float
+    rescan_interval: float
+    max_rows_per_transaction: int
+    new_columns: str
+    archive_retention_days: float
+    idle_release: float
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str  # the file it came from, or "<defaults>"
+    data_dir: Path
+    datasets: object  # stager.datasets.Datasets
+    log_level: str
+    huey: HueyConfig
+    stager: StagerConfig
+    loader: LoaderConfig
+
+    @property
+    def staging_dir(self):
+        return self.data_dir / "staging"
+
+    @property
+    def archive_dir(self):
+        return self.data_dir / "archive"
+
+    @property
+    def quarantine_dir(self):
+        return self.data_dir / "quarantine"
+
+    @property
+    def deadletter_dir(self):
+        return self.data_dir / "deadletter"
+
+    @property
+    def run_dir(self):
+        """Status snapshots of the running processes."""
+        return self.data_dir / "run"
+
+    def with_stager(self, **changes):
+        return replace(self, stager=replace(self.stager, **changes))
+
+    def with_loader(self, **changes):
+        return replace(self, loader=replace(self.loader, **changes))
+
+
+def config_path(explicit=None, environ=None):
+    """The file to read: --config, then $DUCKSTAGE_CONFIG, then config/duckstage.yaml if present."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit)
+    if environ.get(ENV_VAR):
+        return Path(environ[ENV_VAR])
+    if DEFAULT_PATH.is_file():
+        return DEFAULT_PATH
+    return None
+
+
+def load_config(path=None, environ=None, cwd=None):
+    """Load, validate and resolve the configuration. Raises ConfigError."""
+    path = config_path(path, environ)
+    cwd = Path(cwd or os.getcwd())
+    raw = {}
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(path, "(file)", "an existing configuration file", has_got=False) from None
+        except IsADirectoryError:
+            raise ConfigError(path, "(file)", "a file, not a directory", has_got=False) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, "(file)", "valid YAML", str(exc).replace("\n", " ")) from None
+        raw = {} if raw is None else raw
+        base = Path(path).resolve().parent
+    else:
+        source = "<defaults>"
+        base = cwd / "config"
+    return from_mapping(raw, source, base, cwd)
+
+
+def from_mapping(raw, source="<mapping>", config_dir=None, cwd=None):
+    """Validate a parsed YAML mapping and build a Config (paths resolved)."""
+    values = _validate(raw, SPEC, source, "")
+    cwd = Path(cwd or os.getcwd())
+    data_dir = Path(values["data_dir"])
+    data_dir = data_dir if data_dir.is_absolute() else cwd / data_dir
+    config_dir = Path(config_dir) if config_dir else cwd / "config"
+    datasets_path = Path(values["datasets"])
+    datasets_path = datasets_path if datasets_path.is_absolute() else config_dir / datasets_path
+    datasets = load_datasets(datasets_path)
+
+    def under_data(p):
+        p = Path(p)
+        return p if p.is_absolute() else data_dir / p
+
+    s = values["stager"]
+    overrides = {}
+    for task_type, body in s["task_types"].items():
+        key = f"stager.task_types.{task_type}"
+        if task_type not in datasets:
+            raise ConfigError(source, key, "a task type declared in " + str(datasets_path), task_type)
+        if not isinstance(body, dict):
+            raise ConfigError(source, key, "a mapping of batch_size, batch_bytes, batch_timeout", body)
+        merged = {k: s[k] for k in BATCH_KEYS}
+        for k, v in body.items():
+            if k not in BATCH_KEYS:
+                raise ConfigError(source, f"{key}.{k}", "one of " + ", ".join(BATCH_KEYS) + " (unknown key)", v)
+            merged[k] = BATCH_KEYS[k].validate(v, source, f"{key}.{k}")
+        overrides[task_type] = BatchSettings(**merged)
+
+    h, lo = values["huey"], values["loader"]
+    return Config(
+        source=source,
+        data_dir=data_dir,
+        datasets=datasets,
+        log_level=values["log_level"].upper(),
+        huey=HueyConfig(h["backend"], h["name"], under_data(h["path"]), h["fsync"]),
+        stager=StagerConfig(
+            worker_threads=s["worker_threads"],
+            batch=BatchSettings(s["batch_size"], s["batch_bytes"], s["batch_timeout"]),
+            queue_check_interval=s["queue_check_interval"],
+            run_huey_consumer=s["run_huey_consumer"],
+            shutdown_timeout=s["shutdown_timeout"],
+            status_interval=s["status_interval"],
+            task_types=overrides,
+        ),
+        loader=LoaderConfig(
+            database=under_data(lo["database"]),
+            **{k: lo[k] for k in SPEC["loader"] if k != "database"},
+        ),
+    )
+
+
+def _validate(raw, spec, source, prefix):
+    if not isinstance(raw, dict):
+        raise ConfigError(source, prefix.rstrip(".") or "(file)", "a mapping of keys", raw)
+    out = {}
+    for key, value in raw.items():
+        if key not in spec:
+            known = ", ".join(spec)
+            raise ConfigError(source, prefix + str(key), f"one of {known} (unknown key)", value)
+    for key, rule in spec.items():
+        name = prefix + key
+        if isinstance(rule, dict):
+            out[key] = _validate(raw.get(key) or {}, rule, source, name + ".")
+        else:
+            out[key] = rule.validate(raw[key], source, name) if key in raw else rule.default
+    return out
+
+
+def live_keys():
+    """Dotted names of the keys that may change while the processes run."""
+    names = []
+    for section, rules in SPEC.items():
+        if isinstance(rules, dict):
+            names += [f"{section}.{k}" for k, r in rules.items() if r.live]
+        elif rules.live:
+            names.append(section)
+    return names

@@ -1,0 +1,102 @@
+"""The Huey task producers call, and the Huey instance it is registered on.
+
+Producer code::
+
+    from stager import TaskType
+    from stager.tasks import process_fetched_data
+
+    process_fetched_data(TaskType.STOCK_DAILY, df, ts_code="600000.SH",
+                         start_date="20240101", end_date="20240131")
+
+``stager.tasks.huey`` and ``stager.tasks.process_fetched_data`` are built on
+first use from the configuration (``$DUCKSTAGE_CONFIG`` or
+``config/duckstage.yaml`` in the working directory, else the defaults), so the
+producer and the stager agree on the queue. A producer that runs its own Huey
+consumer (``stager.run_huey_consumer: false``) starts it with
+``huey_consumer stager.tasks.huey``.
+"""
+
+import datetime as dt
+
+from huey.signals import SIGNAL_ENQUEUED
+
+from .queue import build_storage_huey
+from .results import TaskResult, TaskType, to_rows, utcnow
+
+TASK_NAME = "process_fetched_data"
+FETCHED_AT_PARAM = "fetched_at"
+
+
+def _process_fetched_data(task_type, data, task=None, **params):
+    """Wrap a fetched batch into a TaskResult; never raises for bad data.
+
+    Validation and cleaning happen in the stager, the same way whether this
+    ran inside the stager or in the producer's own consumer. Data that cannot
+    be read at all comes back with ``error`` set, so the stager dead-letters it
+    instead of Huey storing an exception nobody claims.
+    """
+    fetched_at = _parse_time(params.pop(FETCHED_AT_PARAM, None)) or utcnow()
+    name = task_type.value if isinstance(task_type, TaskType) else str(task_type)
+    try:
+        rows, error = to_rows(data), None
+    except TypeError as exc:
+        rows, error = _keepable(data), str(exc)
+    return TaskResult(name, rows, params, fetched_at, task.id if task is not None else None, error)
+
+
+# Registered under this module's name, so every Huey instance built here
+# (producer side or stager side) calls it "stager.tasks.process_fetched_data".
+_process_fetched_data.__name__ = TASK_NAME
+_process_fetched_data.__qualname__ = TASK_NAME
+
+
+def build_huey(config):
+    """The Huey instance for ``config`` with ``process_fetched_data`` registered.
+
+    Returns ``(huey, task_wrapper)``.
+    """
+    huey = build_storage_huey(config.huey)
+    wrapper = huey.task(context=True, name=TASK_NAME)(_process_fetched_data)
+
+    @huey.signal(SIGNAL_ENQUEUED)
+    def _stamp_fetch_time(signal, task, *args, **kwargs):
+        # The fetch time orders versions of a row: take it at enqueue, when
+        # the producer has just fetched, not when a worker gets to the task.
+        if task.name == TASK_NAME:
+            task.kwargs.setdefault(FETCHED_AT_PARAM, utcnow().isoformat())
+
+    return huey, wrapper
+
+
+def _parse_time(value):
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return value
+    try:
+        return _parse_time(dt.datetime.fromisoformat(str(value)))
+    except ValueError:
+        return None
+
+
+def _keepable(data):
+    try:
+        return [{"value": repr(data)[:10000]}]
+    except Exception:  # noqa: BLE001 - a repr that raises must not lose the task
+        return [{"value": f"<unrepresentable {type(data).__name__}>"}]
+
+
+_default = None
+
+
+def __getattr__(name):
+    global _default
+    if name in ("huey", "process_fetched_data"):
+        if _default is None:
+            from .config import load_config
+
+            _default = build_huey(load_config())
+        return _default[0] if name == "huey" else _default[1]
+    raise AttributeError(name)
