@@ -1,0 +1,102 @@
+"""Per task type buffers of cleaned rows, and the in-file deduplication."""
+
+import threading
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+class Buffer:
+    """Cleaned rows of one task type waiting to be sealed, with the tasks they came from.
+
+    A buffer holds whole tasks: a task's rows are sealed together, so a task
+    is acknowledged by exactly one seal. A file therefore reaches
+    ``batch_size`` rows and may pass it by less than one task.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.lock = threading.RLock()  # held while sealing: appenders wait (back-pressure)
+        self._reset()
+
+    def _reset(self):
+        self.tables = []
+        self.tokens = []
+        self.task_ids = set()
+        self.rows = 0
+        self.nbytes = 0
+        self.opened_at = None  # clock() of the first row
+
+    def append(self, table, token, task_id, now):
+        with self.lock:
+            if self.opened_at is None:
+                self.opened_at = now
+            self.tables.append(table)
+            self.tokens.append(token)
+            if task_id:
+                self.task_ids.add(task_id)
+            self.rows += table.num_rows
+            self.nbytes += table.nbytes
+
+    def due(self, settings, now):
+        """Why this buffer should be sealed now ('rows', 'bytes', 'age'), or None."""
+        if not self.rows:
+            return None
+        if self.rows >= settings.batch_size:
+            return "rows"
+        if self.nbytes >= settings.batch_bytes:
+            return "bytes"
+        if now - self.opened_at >= settings.batch_timeout:
+            return "age"
+        return None
+
+    def age(self, now):
+        return 0.0 if self.opened_at is None else now - self.opened_at
+
+    def take(self):
+        """Hand over the contents and empty the buffer: (table, tokens, task_ids)."""
+        with self.lock:
+            table = pa.concat_tables(self.tables) if self.tables else None
+            out = table, self.tokens, self.task_ids
+            self._reset()
+            return out
+
+    def put_back(self, table, tokens, task_ids, opened_at):
+        """Return contents that could not be sealed, ahead of anything newer."""
+        with self.lock:
+            newer = (self.tables, self.tokens, self.task_ids, self.rows, self.nbytes)
+            self._reset()
+            self.append(table, None, None, opened_at)
+            self.tokens = list(tokens) + newer[1]
+            self.task_ids = set(task_ids) | newer[2]
+            self.tables += newer[0]
+            self.rows += newer[3]
+            self.nbytes += newer[4]
+
+
+def dedup(table, dataset):
+    """Keep one row per primary key: the newest by the version order, then the last appended.
+
+    Returns (table, superseded rows). Order of the kept rows is preserved.
+    """
+    n = table.num_rows
+    if n < 2:
+        return table, 0
+    pk = list(dataset.primary_key)
+    if table.select(pk).group_by(pk).aggregate([]).num_rows == n:
+        return table, 0
+    work = table.append_column("__row", pa.array(range(n), pa.int64()))
+    keys = [(c, "ascending", "at_end") for c in pk]
+    keys += [(c, "descending", "at_end") for c in dataset.version_order]
+    keys.append(("__row", "descending", "at_end"))
+    order = pc.sort_indices(work, sort_keys=keys)
+    sorted_pk = work.select(pk).take(order)
+    first = None
+    for c in pk:
+        col = sorted_pk.column(c).combine_chunks()
+        prev = pa.concat_arrays([pa.nulls(1, col.type), col.slice(0, n - 1)])
+        changed = pc.fill_null(pc.not_equal(col, prev), True)
+        first = changed if first is None else pc.or_(first, changed)
+    kept_rows = pc.sort_indices(pc.filter(order, first))
+    kept = pc.take(pc.filter(order, first), kept_rows)
+    return table.take(kept), n - len(kept)

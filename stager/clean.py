@@ -1,0 +1,335 @@
+"""Validation and cleaning of one task's rows against its dataset.
+
+The fast path is columnar (pyarrow.compute): a well-formed batch never touches
+a Python loop per value. Only a column that fails to convert as a whole is
+converted value by value, to find the rows to dead-letter and say why.
+
+Cleaning rules (DESIGN.md, tushare_schemas.md):
+- ``YYYYMMDD`` (or ``YYYY-MM-DD``) strings become DATE; an empty string is NULL;
+- numeric strings become numbers; NaN and +-inf become NULL;
+- undeclared columns are dropped (counted, and logged once by the caller);
+- a row with a missing required value, a value that is not of its column's
+  type, or a value that fails the column's pattern is refused with a reason.
+"""
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .datasets import ANCHOR_DATE, FETCHED_AT, TASK_ID
+
+
+@dataclass
+class Cleaned:
+    table: pa.Table  # good rows, in the staged schema
+    bad: list = field(default_factory=list)  # [(original row dict, reason)]
+    dropped_columns: list = field(default_factory=list)
+
+
+def clean(dataset, data, task_id, fetched_at, params=None):
+    """Validate ``data`` (a pyarrow Table or a list of row dicts) for ``dataset``."""
+    params = params or {}
+    if isinstance(data, pa.Table):
+        n = data.num_rows
+        present = set(data.column_names)
+
+        def column(name):
+            return data.column(name).combine_chunks() if name in present else None
+
+        def original(i):
+            return data.slice(i, 1).to_pylist()[0]
+    else:
+        rows = list(data or [])
+        n = len(rows)
+        present = set()
+        for r in rows:
+            present.update(r)
+
+        def column(name):
+            return [r.get(name) for r in rows] if name in present else None
+
+        def original(i):
+            return rows[i]
+
+    declared = [c.name for c in dataset.columns]
+    dropped = sorted(str(c) for c in present - set(declared))
+    errors = {}  # row index -> [reasons]
+    arrays = []
+    for col in dataset.columns:
+        values = column(col.name)
+        if values is None:
+            arr, errs = pa.nulls(n, col.arrow_type), {}
+        else:
+            arr, errs = convert(values, col.type, col.name)
+        for i, reason in errs.items():
+            errors.setdefault(i, []).append(reason)
+        if not col.nullable and arr.null_count:
+            for i in _indices(pc.is_null(arr)):
+                if i not in errs:
+                    errors.setdefault(i, []).append(f"{col.name}: required value is missing (NULL, NaN, inf or empty)")
+        if col.pattern and n:
+            ok = pc.fill_null(pc.match_substring_regex(arr, col.pattern), True)
+            for i in _indices(pc.invert(ok)):
+                errors.setdefault(i, []).append(
+                    f"{col.name}: {arr[i].as_py()!r} does not match {col.pattern}")
+        arrays.append(arr)
+
+    table = pa.Table.from_arrays(arrays, names=declared)
+    bad = []
+    if errors:
+        keep = [True] * n
+        for i in sorted(errors):
+            keep[i] = False
+            bad.append((original(i), "; ".join(errors[i])))
+        table = table.filter(pa.array(keep, pa.bool_()))
+
+    m = table.num_rows
+    extra = [pa.array([task_id or ""] * m, pa.string()),
+             pa.array([fetched_at] * m, pa.timestamp("us"))]
+    names = [TASK_ID, FETCHED_AT]
+    if dataset.anchor_param:
+        extra.append(pa.array([_anchor(dataset, table, params)] * m, pa.date32()))
+        names.append(ANCHOR_DATE)
+    for name, arr in zip(names, extra):
+        table = table.append_column(name, arr)
+    return Cleaned(table.cast(dataset.arrow_schema), bad, dropped)
+
+
+def _anchor(dataset, table, params):
+    """The qfq anchor: the request's end date, or the batch's latest date."""
+    value = params.get(dataset.anchor_param)
+    if value is not None:
+        parsed, error = _to_date(value)
+        if error is None and parsed is not None:
+            return parsed
+    if table.num_rows == 0:
+        return None
+    return pc.max(table.column(dataset.anchor_column)).as_py()
+
+
+def _indices(mask):
+    return [i for i, v in enumerate(mask.to_pylist()) if v]
+
+
+# --- column conversion ----------------------------------------------------
+
+def convert(values, type_name, name):
+    """Convert one column; return (array of the target type, {row index: reason})."""
+    if isinstance(values, list):
+        try:
+            values = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError,
+                OverflowError):
+            return _convert_slow(values, type_name, name)
+    try:
+        return _convert_array(values, type_name, name)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return _convert_slow(values.to_pylist(), type_name, name)
+
+
+_TARGETS = {
+    "VARCHAR": pa.string(), "DOUBLE": pa.float64(), "DATE": pa.date32(), "BIGINT": pa.int64(),
+    "INTEGER": pa.int32(), "BOOLEAN": pa.bool_(), "TIMESTAMP": pa.timestamp("us"),
+}
+
+
+def _convert_array(arr, type_name, name):
+    target = _TARGETS[type_name]
+    t = arr.type
+    if pa.types.is_null(t):
+        return pa.nulls(len(arr), target), {}
+    if pa.types.is_dictionary(t):
+        arr, t = arr.dictionary_decode(), arr.type.value_type
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        arr, t = arr.cast(pa.string()), pa.string()
+    is_text = pa.types.is_string(t)
+    if is_text and type_name != "VARCHAR":
+        trimmed = pc.utf8_trim_whitespace(arr)
+        arr = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+
+    if type_name == "VARCHAR":
+        if is_text:
+            return arr, {}
+        if pa.types.is_floating(t):  # 1.0 -> "1", not "1.0": Tushare codes are text
+            if pc.all(pc.fill_null(pc.equal(arr, pc.round(arr)), True)).as_py():
+                return pc.cast(pc.cast(arr, pa.int64()), pa.string()), {}
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+            return pc.cast(arr, pa.string()), {}
+        raise pa.ArrowInvalid("not text")
+    if type_name == "DOUBLE":
+        if not (is_text or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+            raise pa.ArrowInvalid("not numeric")
+        out = pc.cast(arr, pa.float64())
+        return pc.if_else(pc.is_finite(out), out, pa.scalar(None, pa.float64())), {}
+    if type_name in ("BIGINT", "INTEGER"):
+        if not (is_text or pa.types.is_integer(t) or pa.types.is_floating(t)):
+            raise pa.ArrowInvalid("not an integer")
+        return pc.cast(arr, target), {}  # safe cast: raises on fractions or overflow
+    if type_name == "BOOLEAN":
+        if not (is_text or pa.types.is_boolean(t)):
+            raise pa.ArrowInvalid("not a boolean")
+        return pc.cast(arr, target), {}
+    if type_name == "DATE":
+        if pa.types.is_date(t) or pa.types.is_timestamp(t):
+            return pc.cast(arr, target), {}
+        if pa.types.is_integer(t):
+            arr, is_text = pc.cast(arr, pa.string()), True
+        if not is_text:
+            raise pa.ArrowInvalid("not a date")
+        parsed = pc.strptime(arr, format="%Y%m%d", unit="s", error_is_null=True)
+        failed = pc.and_(pc.is_null(parsed), pc.is_valid(arr))
+        if pc.any(failed).as_py():
+            alt = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
+            parsed = pc.coalesce(parsed, alt)
+            failed = pc.and_(pc.is_null(parsed), pc.is_valid(arr))
+        # strptime accepts "2024011" style short digits on some platforms: insist on 8 or 10 chars
+        lengths = pc.utf8_length(arr)
+        wrong = pc.fill_null(pc.and_(pc.not_equal(lengths, 8), pc.not_equal(lengths, 10)), False)
+        failed = pc.or_(pc.fill_null(failed, False), wrong)
+        errors = {i: f"{name}: {arr[i].as_py()!r} is not a YYYYMMDD date" for i in _indices(failed)}
+        if errors:
+            parsed = pc.if_else(failed, pa.scalar(None, parsed.type), parsed)
+        return pc.cast(parsed, target), errors
+    if type_name == "TIMESTAMP":
+        if pa.types.is_timestamp(t):
+            if t.tz is not None:
+                arr = pc.cast(arr, pa.timestamp(t.unit, "UTC")).cast(pa.timestamp(t.unit))
+            return pc.cast(arr, target), {}
+        if pa.types.is_date(t) or is_text:
+            return pc.cast(arr, target), {}
+        raise pa.ArrowInvalid("not a timestamp")
+    raise pa.ArrowInvalid(f"unknown type {type_name}")
+
+
+def _convert_slow(values, type_name, name):
+    convert_one = _CONVERTERS[type_name]
+    out, errors = [], {}
+    for i, v in enumerate(values):
+        value, error = convert_one(v)
+        if error:
+            errors[i] = f"{name}: {error}"
+            value = None
+        out.append(value)
+    return pa.array(out, _TARGETS[type_name]), errors
+
+
+def _is_missing(v):
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
+def _kind(v):
+    return type(v).__name__
+
+
+def _to_double(v):
+    if _is_missing(v):
+        return None, None
+    if isinstance(v, bool):
+        return None, f"expected a number, got {v!r}"
+    if isinstance(v, (int, float)):
+        v = float(v)
+        return (v if math.isfinite(v) else None), None
+    if isinstance(v, str):
+        try:
+            f = float(v.strip())
+        except ValueError:
+            return None, f"{v!r} is not a number"
+        return (f if math.isfinite(f) else None), None
+    return None, f"expected a number, got {_kind(v)}"
+
+
+def _to_int(v):
+    if _is_missing(v):
+        return None, None
+    if isinstance(v, bool):
+        return None, f"expected an integer, got {v!r}"
+    if isinstance(v, int):
+        return v, None
+    if isinstance(v, float) and v.is_integer():
+        return int(v), None
+    if isinstance(v, str):
+        try:
+            return int(v.strip()), None
+        except ValueError:
+            return None, f"{v!r} is not an integer"
+    return None, f"expected an integer, got {_kind(v)}: {v!r}"
+
+
+def _to_int32(v):
+    value, error = _to_int(v)
+    if value is not None and not -2**31 <= value < 2**31:
+        return None, f"{value} is out of range for INTEGER"
+    return value, error
+
+
+def _to_text(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None, None
+    if isinstance(v, str):
+        return v, None
+    if isinstance(v, bool):
+        return str(v).lower(), None
+    if isinstance(v, int):
+        return str(v), None
+    if isinstance(v, float):
+        return (str(int(v)) if v.is_integer() else repr(v)), None
+    return None, f"expected text, got {_kind(v)}"
+
+
+def _to_date(v):
+    if _is_missing(v):
+        return None, None
+    if isinstance(v, dt.datetime):
+        return v.date(), None
+    if isinstance(v, dt.date):
+        return v, None
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    if isinstance(v, str):
+        s = v.strip()
+        for fmt, length in (("%Y%m%d", 8), ("%Y-%m-%d", 10)):
+            if len(s) == length:
+                try:
+                    return dt.datetime.strptime(s, fmt).date(), None
+                except ValueError:
+                    pass
+        return None, f"{v!r} is not a YYYYMMDD date"
+    return None, f"expected a YYYYMMDD date, got {_kind(v)}"
+
+
+def _to_bool(v):
+    if _is_missing(v):
+        return None, None
+    if isinstance(v, bool):
+        return v, None
+    if isinstance(v, str) and v.strip().lower() in ("true", "false", "1", "0"):
+        return v.strip().lower() in ("true", "1"), None
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v), None
+    return None, f"{v!r} is not a boolean"
+
+
+def _to_timestamp(v):
+    if _is_missing(v):
+        return None, None
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is not None:
+            v = v.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return v, None
+    if isinstance(v, dt.date):
+        return dt.datetime(v.year, v.month, v.day), None
+    if isinstance(v, str):
+        try:
+            return _to_timestamp(dt.datetime.fromisoformat(v.strip()))
+        except ValueError:
+            return None, f"{v!r} is not an ISO timestamp"
+    return None, f"expected a timestamp, got {_kind(v)}"
+
+
+_CONVERTERS = {
+    "VARCHAR": _to_text, "DOUBLE": _to_double, "DATE": _to_date, "BIGINT": _to_int,
+    "INTEGER": _to_int32, "BOOLEAN": _to_bool, "TIMESTAMP": _to_timestamp,
+}

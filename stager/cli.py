@@ -1,0 +1,95 @@
+"""The ``stager`` command: a thin layer over ``stager.service.Stager``."""
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import click
+
+from .config import load_config
+from .exceptions import ConfigError
+
+log = logging.getLogger("duckstage.stager")
+
+
+def setup_logging(level):
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
+
+
+def load_or_exit(config_path):
+    """Load the configuration, or print the one-line reason and exit 2."""
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration refused: {exc}") from None
+
+
+class _Cli(click.Group):
+    def main(self, *args, **kwargs):
+        click.ClickException.exit_code = 2
+        return super().main(*args, **kwargs)
+
+
+@click.group(cls=_Cli)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Configuration file (default: $DUCKSTAGE_CONFIG, else config/duckstage.yaml).")
+@click.pass_context
+def main(ctx, config_path):
+    """duckstage stager: stage Huey results of process_fetched_data into sealed Parquet files.
+
+    Example: stager --config config/duckstage.yaml run
+    """
+    ctx.obj = config_path
+
+
+@main.command()
+@click.pass_obj
+def run(config_path):
+    """Run the stager until SIGTERM or SIGINT, then seal every buffer and exit 0.
+
+    Example: stager run
+    """
+    from .service import Stager
+
+    config = load_or_exit(config_path)
+    setup_logging(config.log_level)
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        log.info("received %s: finishing in-flight tasks and sealing buffers", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stager = Stager(config).start()
+    stop.wait()
+    clean = stager.stop()
+    sys.exit(0 if clean else 1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(config_path, as_json):
+    """Show backlog, rows and files per task type, buffers, rates, errors and threads.
+
+    Works whether or not `stager run` is running. Example: stager status --json
+    """
+    from .status import collect, render
+
+    config = load_or_exit(config_path)
+    report = collect(config)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        render(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The dead letter: refused rows with the reason and the Huey task id.
+
+``data/deadletter/<task_type>/<task_type>-<yyyymmdd>-<instance>.jsonl``, one
+JSON object per line: the row as the producer sent it, the reason, the task id,
+the task type, the request parameters and when it was refused. Lines are
+fsynced before the task is acknowledged, so a refused row is never lost.
+Rows of an unknown task type go to the folder ``_unknown_task_type``.
+"""
+
+import base64
+import datetime as dt
+import json
+import math
+import os
+import threading
+from pathlib import Path
+
+UNKNOWN = "_unknown_task_type"
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # NaN/inf are not JSON; keep what was sent, readably
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return {"base64": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+class DeadLetter:
+    def __init__(self, folder, instance, fsync=None):
+        self.folder = Path(folder)
+        self.instance = instance
+        self.fsync = fsync or os.fsync
+        self._lock = threading.Lock()
+
+    def path_for(self, task_type, now=None):
+        now = now or dt.datetime.now(dt.timezone.utc)
+        return self.folder / task_type / f"{task_type}-{now:%Y%m%d}-{self.instance}.jsonl"
+
+    def write(self, task_type, rows, task_id, params=None, known=True):
+        """Append ``rows`` ([(row, reason)]) durably; return how many were written."""
+        if not rows:
+            return 0
+        folder = task_type if known else UNKNOWN
+        now = dt.datetime.now(dt.timezone.utc)
+        lines = []
+        for row, reason in rows:
+            record = {
+                "task_id": task_id, "task_type": task_type, "reason": reason,
+                "row": _jsonable(row), "params": _jsonable(params or {}),
+                "refused_at": now.isoformat(),
+            }
+            lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
+        path = self.path_for(folder, now)
+        with self._lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("\n".join(lines) + "\n")
+                f.flush()
+                self.fsync(f.fileno())
+        return len(lines)
+
+
+def read_records(folder):
+    """Every dead-letter record under ``folder`` (for status, tests and replay)."""
+    for path in sorted(Path(folder).rglob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    # A line cut short by a crash: its task was not acknowledged,
+                    # ran again, and its rows were written again in full.
+                    continue

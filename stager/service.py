@@ -1,0 +1,343 @@
+"""The stager: claims Huey work, cleans it, buffers it per task type, seals files.
+
+``Stager(config)`` is the embedding API (``start()``, ``stop()``,
+``get_status()``); the ``stager run`` command is a thin layer over it. Each
+loop exposes one step for tests: ``stage_next()`` claims and stages one task,
+``seal_due(now)`` seals the buffers that are full or old, and ``run_once``
+does both.
+
+Acknowledgement rule (guarantee 1): a claim is acknowledged only after every
+row of it is in a sealed file or in the (fsynced) dead letter.
+"""
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import Counter, deque
+
+from . import staging
+from .backoff import Backoff
+from .buffer import Buffer, dedup
+from .clean import clean
+from .deadletter import DeadLetter
+from .exceptions import ResourceError
+from .sources import QueueSource, ResultSource
+from .tasks import build_huey
+
+log = logging.getLogger("duckstage.stager")
+
+
+class Stager:
+    def __init__(self, config, clock=time.monotonic, fsync=None):
+        self.config = config
+        self.clock = clock
+        self.fsync = fsync or os.fsync
+        self.instance = secrets.token_hex(4)
+        self.huey, _ = build_huey(config)
+        source_class = QueueSource if config.stager.run_huey_consumer else ResultSource
+        self.source = source_class(self.huey, self.instance)
+        self.deadletter = DeadLetter(config.deadletter_dir, self.instance, self.fsync)
+        self.buffers = {d.name: Buffer(d) for d in config.datasets}
+        self.stopped_event = threading.Event()  # set: workers stop claiming
+        self._halt = threading.Event()  # set: timer threads stop
+        self._seq_lock = threading.Lock()
+        self._seq = 0
+        self._threads = []
+        self._thread_state = {}
+        self._stats_lock = threading.Lock()
+        self.stats = {name: Counter() for name in self.buffers}
+        self.errors = Counter()
+        self._warned_columns = set()
+        self._rate = deque(maxlen=120)  # (clock, rows staged so far)
+        self.started_at = None
+        self.state = "new"
+        self.seal_backoff = Backoff(0.5, 2.0, 30.0)
+
+    # --- lifecycle --------------------------------------------------------
+
+    def prepare(self):
+        """Start-up work before any thread runs: folders, leftovers, orphaned leases."""
+        for folder in (self.config.staging_dir, self.config.deadletter_dir, self.config.run_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        for path in staging.remove_leftovers(self.config.staging_dir):
+            log.warning("removed leftover temporary file %s (its task is re-run)", path)
+        moved = self.source.recover()
+        if moved:
+            log.warning("re-queued %d task(s) leased by an earlier stager that did not finish", moved)
+        self.started_at = time.time()
+        self.state = "running"
+
+    def start(self):
+        self.prepare()
+        for i in range(self.config.stager.worker_threads):
+            self._spawn(f"worker-{i}", self._work_loop)
+        self._spawn("sealer", self._seal_loop)
+        self._spawn("status", self._status_loop)
+        log.info("stager %s started: %d worker threads, source=%s, data_dir=%s", self.instance,
+                 self.config.stager.worker_threads, self.source.kind, self.config.data_dir)
+        return self
+
+    def stop(self, timeout=None):
+        """Finish in-flight tasks, seal every non-empty buffer, acknowledge, stop threads."""
+        timeout = self.config.stager.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        self.state = "stopping"
+        self.stopped_event.set()
+        for t in self._threads:
+            if t.name.startswith("worker"):
+                t.join(max(0.0, deadline - time.monotonic()))
+        sealed = self.seal_all(deadline=deadline)
+        self._halt.set()
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        self.state = "stopped" if not alive else "stopped-with-stragglers"
+        self.write_status()
+        self.huey.storage.close()
+        log.info("stager %s stopped: sealed %d file(s) at shutdown%s", self.instance, sealed,
+                 f"; threads still running: {alive}" if alive else "")
+        return not alive
+
+    def _spawn(self, name, target):
+        t = threading.Thread(target=target, name=name, daemon=True)
+        self._thread_state[name] = "starting"
+        self._threads.append(t)
+        t.start()
+
+    def _work_loop(self):
+        name = threading.current_thread().name
+        cfg = self.config.stager
+        while not self.stopped_event.is_set():
+            self._thread_state[name] = "working"
+            try:
+                n = self.stage_next()
+            except ResourceError as exc:  # sealing failed: pause, the rows stay buffered
+                self._thread_state[name] = "paused"
+                log.error("%s: %s; pausing", name, exc)
+                self.stopped_event.wait(self.seal_backoff.next())
+                continue
+            if not n:
+                self._thread_state[name] = "idle"
+                self.stopped_event.wait(cfg.queue_check_interval)
+        self._thread_state[name] = "stopped"
+
+    def _seal_loop(self):
+        name = threading.current_thread().name
+        while not self._halt.is_set():
+            self._thread_state[name] = "working"
+            try:
+                self.seal_due()
+            except ResourceError as exc:
+                self._thread_state[name] = "paused"
+                log.error("sealer: %s; pausing", exc)
+                self._halt.wait(self.seal_backoff.next())
+                continue
+            self._thread_state[name] = "idle"
+            timeouts = [self.config.stager.batch_for(n).batch_timeout for n in self.buffers]
+            self._halt.wait(min(0.25, min(timeouts) / 4))
+        self._thread_state[name] = "stopped"
+
+    def _status_loop(self):
+        name = threading.current_thread().name
+        while not self._halt.is_set():
+            self._thread_state[name] = "working"
+            try:
+                self.write_status()
+            except OSError as exc:
+                self._error("system_resource")
+                log.error("cannot write status: %s", exc)
+            self._thread_state[name] = "idle"
+            self._halt.wait(self.config.stager.status_interval)
+        self._thread_state[name] = "stopped"
+
+    # --- steps ------------------------------------------------------------
+
+    def run_once(self, now=None):
+        """One step without threads: stage one claim, then seal what is due."""
+        n = self.stage_next(now)
+        self.seal_due(now)
+        return n
+
+    def stage_next(self, now=None):
+        """Claim one task (or result) and stage it; return the rows it carried (0: none)."""
+        claim = self.source.claim()
+        if claim is None:
+            return 0
+        return max(1, self.stage(claim, now))
+
+    def stage(self, claim, now=None):
+        now = self.clock() if now is None else now
+        result, token = claim.result, claim.token
+        dataset = self.buffers[result.task_type].dataset if result.task_type in self.buffers else None
+        if result.error or dataset is None:
+            reason = result.error or f"unknown task type {result.task_type!r} (known: {', '.join(self.buffers)})"
+            rows = result.data if isinstance(result.data, list) else (
+                result.data.to_pylist() if result.data is not None else [])
+            rows = rows or [{}]
+            self.deadletter.write(result.task_type or "", [(r, reason) for r in rows],
+                                  result.task_id, result.params, known=dataset is not None)
+            self._count(None, deadlettered=len(rows), tasks=1)
+            self._error("data_format", len(rows))
+            log.warning("task %s: %d row(s) dead-lettered: %s", result.task_id, len(rows), reason.splitlines()[0])
+            self.source.ack([token])
+            return len(rows)
+
+        cleaned = clean(dataset, result.data, result.task_id, result.fetched_at, result.params)
+        if cleaned.dropped_columns:
+            new = [c for c in cleaned.dropped_columns if (dataset.name, c) not in self._warned_columns]
+            if new:
+                self._warned_columns.update((dataset.name, c) for c in new)
+                log.warning("%s: dropping column(s) not declared in datasets.yaml: %s", dataset.name, ", ".join(new))
+        if cleaned.bad:
+            self.deadletter.write(dataset.name, cleaned.bad, result.task_id, result.params)
+            self._error("data_format", len(cleaned.bad))
+            log.warning("task %s: %d of %d %s row(s) dead-lettered, first: %s", result.task_id,
+                        len(cleaned.bad), result.rows, dataset.name, cleaned.bad[0][1])
+        self._count(dataset.name, tasks=1, rows_in=result.rows, deadlettered=len(cleaned.bad))
+        if cleaned.table.num_rows == 0:
+            self.source.ack([token])
+            return result.rows
+        buffer = self.buffers[dataset.name]
+        with buffer.lock:
+            buffer.append(cleaned.table, token, result.task_id, now)
+            if buffer.due(self.config.stager.batch_for(dataset.name), now) in ("rows", "bytes"):
+                self._seal(buffer)
+        return result.rows
+
+    def seal_due(self, now=None):
+        """Seal every buffer that is full or older than its batch_timeout; return files sealed."""
+        now = self.clock() if now is None else now
+        sealed = 0
+        for name, buffer in self.buffers.items():
+            if buffer.due(self.config.stager.batch_for(name), now):
+                with buffer.lock:
+                    if buffer.due(self.config.stager.batch_for(name), now):
+                        sealed += self._seal(buffer)
+        return sealed
+
+    def seal_all(self, deadline=None):
+        """Seal every non-empty buffer (shutdown); retry a failing seal until ``deadline``."""
+        sealed = 0
+        for buffer in self.buffers.values():
+            while buffer.rows:
+                try:
+                    with buffer.lock:
+                        sealed += self._seal(buffer)
+                except ResourceError as exc:
+                    delay = self.seal_backoff.next()
+                    if deadline is None or time.monotonic() + delay > deadline:
+                        log.error("%s: %s; %d row(s) left unsealed, their tasks stay leased and "
+                                  "run again at the next start", buffer.dataset.name, exc, buffer.rows)
+                        break
+                    self._halt.wait(delay)
+        return sealed
+
+    def _seal(self, buffer):
+        """Seal ``buffer`` (caller holds its lock) and acknowledge its claims."""
+        opened_at = buffer.opened_at
+        table, tokens, task_ids = buffer.take()
+        if table is None:
+            return 0
+        dataset = buffer.dataset
+        table, superseded = dedup(table, dataset)
+        seq = self._next_seq()
+        name = staging.StagedFile.new(dataset.name, self.instance, seq)
+        meta = staging.footer_metadata(dataset, table.num_rows, task_ids, self.instance,
+                                       name.created_at, self.config.datasets.schema_version)
+        final = self.config.staging_dir / dataset.name / name.name
+        try:
+            staging.seal(table, final, meta, self.fsync)
+        except ResourceError:
+            buffer.put_back(table, tokens, task_ids, opened_at)
+            self._error("system_resource")
+            raise
+        self.seal_backoff.reset()
+        self._ack(tokens)
+        self._count(dataset.name, files=1, rows_staged=table.num_rows, superseded=superseded)
+        log.info("sealed %s: %d rows from %d task(s)", final.name, table.num_rows, len(tokens))
+        return 1
+
+    def _ack(self, tokens):
+        tokens = [t for t in tokens if t is not None]
+        backoff = Backoff(0.05, 2.0, 5.0)
+        while True:
+            try:
+                self.source.ack(tokens)
+                return
+            except Exception as exc:  # noqa: BLE001 - sqlite busy/IO: the file is sealed, keep trying
+                self._error("database_connection")
+                delay = backoff.next()
+                log.warning("cannot acknowledge %d claim(s) yet (%s); retrying in %.2fs", len(tokens), exc, delay)
+                if backoff.attempts > 20:
+                    # Sealed but not acknowledged: the tasks run again after a
+                    # restart and the loader's MERGE absorbs the duplicate rows.
+                    log.error("giving up acknowledging %d claim(s); they will be staged again", len(tokens))
+                    return
+                time.sleep(delay)
+
+    def _error(self, error_class, n=1):
+        with self._stats_lock:
+            self.errors[error_class] += n
+
+    def _next_seq(self):
+        with self._seq_lock:
+            self._seq += 1
+            return self._seq
+
+    def _count(self, task_type, **values):
+        with self._stats_lock:
+            self.stats.setdefault(task_type or "_unknown", Counter()).update(values)
+            if "rows_staged" in values:
+                total = sum(c["rows_staged"] for c in self.stats.values())
+                self._rate.append((self.clock(), total))
+
+    # --- status -----------------------------------------------------------
+
+    def get_status(self):
+        now = self.clock()
+        with self._stats_lock:
+            per_type = {}
+            for name, counter in self.stats.items():
+                buffer = self.buffers.get(name)
+                per_type[name] = {
+                    "tasks": counter["tasks"], "rows_in": counter["rows_in"],
+                    "rows_staged": counter["rows_staged"], "files_sealed": counter["files"],
+                    "rows_deadlettered": counter["deadlettered"], "rows_superseded": counter["superseded"],
+                    "buffer_rows": buffer.rows if buffer else 0,
+                    "buffer_age_seconds": round(buffer.age(now), 3) if buffer else 0.0,
+                }
+            rate = 0.0
+            if len(self._rate) >= 2 and self._rate[-1][0] > self._rate[0][0]:
+                (t0, r0), (t1, r1) = self._rate[0], self._rate[-1]
+                rate = (r1 - r0) / (t1 - t0)
+        try:
+            backlog = self.source.backlog()
+        except Exception as exc:  # noqa: BLE001 - status must answer even if Huey storage is busy
+            backlog = {"error": str(exc)}
+        return {
+            "process": "stager",
+            "pid": os.getpid(),
+            "instance": self.instance,
+            "state": self.state,
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "source": self.source.kind,
+            "backlog": backlog,
+            "task_types": per_type,
+            "totals": {k: sum(t[k] for t in per_type.values())
+                       for k in ("tasks", "rows_in", "rows_staged", "files_sealed", "rows_deadlettered")},
+            "rows_per_second": round(rate, 1),
+            "errors": dict(self.errors),
+            "threads": dict(self._thread_state),
+            "sealing_paused": self.seal_backoff.waiting,
+        }
+
+    def write_status(self):
+        path = self.config.run_dir / "stager.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".stager.json.tmp")
+        tmp.write_text(json.dumps(self.get_status(), default=str, indent=1))
+        os.replace(tmp, path)

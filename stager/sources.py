@@ -1,0 +1,142 @@
+"""Where the stager's work comes from: the Huey queue, or the Huey result store.
+
+Both hand out ``Claim`` objects and take them back with ``ack`` once every row
+of the claim is sealed or dead-lettered; nothing is deleted from Huey before.
+
+- ``QueueSource`` (``run_huey_consumer: true``): leases the next task from the
+  queue and runs ``process_fetched_data`` on the calling worker thread.
+- ``ResultSource`` (``run_huey_consumer: false``): the producer runs its own
+  Huey consumer; results are read a page at a time by key and deleted after
+  the seal. Results that are not ``TaskResult`` objects belong to someone
+  else: they are counted and left alone.
+"""
+
+import logging
+import pickle
+import threading
+import traceback
+from dataclasses import dataclass
+
+from huey.exceptions import HueyException
+
+from .results import TaskResult, utcnow
+from .tasks import TASK_NAME
+
+log = logging.getLogger("duckstage.stager")
+
+
+@dataclass
+class Claim:
+    result: TaskResult
+    token: object  # what ``ack`` needs: a lease id or a result key
+
+
+class QueueSource:
+    kind = "queue"
+
+    def __init__(self, huey, instance):
+        self.huey = huey
+        self.storage = huey.storage
+        self.instance = instance
+
+    def recover(self):
+        """Put tasks leased by earlier instances back in the queue."""
+        return self.storage.requeue_orphans(self.instance)
+
+    def claim(self):
+        leased = self.storage.lease(self.instance)
+        if leased is None:
+            return None
+        lease_id, data = leased
+        try:
+            task = self.huey.deserialize_task(data)
+        except (HueyException, pickle.UnpicklingError, AttributeError, ImportError, EOFError,
+                TypeError, ValueError) as exc:
+            return Claim(self._foreign(data, f"cannot read queued task: {exc}"), lease_id)
+        if task.name != TASK_NAME:
+            return Claim(self._foreign(data, f"task {task.name} is not {TASK_NAME}", task.id), lease_id)
+        try:
+            result = task.execute()
+        except Exception as exc:  # noqa: BLE001 - a task that raised is dead-lettered, not lost
+            args, kwargs = task.data
+            result = TaskResult(
+                str(args[0]) if args else str(kwargs.get("task_type")),
+                [{"args": args[1:], "kwargs": kwargs}], dict(kwargs), utcnow(), task.id,
+                f"process_fetched_data raised {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}")
+        if not isinstance(result, TaskResult):
+            result = self._foreign(data, f"{TASK_NAME} returned {type(result).__name__}", task.id)
+        return Claim(result, lease_id)
+
+    def _foreign(self, data, reason, task_id=None):
+        log.error("dead-lettering a queue entry the stager cannot run: %s", reason)
+        return TaskResult("", [{"message": bytes(data)}], {}, utcnow(), task_id, reason)
+
+    def ack(self, tokens):
+        self.storage.ack(tokens)
+
+    def backlog(self):
+        return {"queued_tasks": self.storage.queue_size(), "leased_tasks": self.storage.lease_count()}
+
+
+class ResultSource:
+    kind = "results"
+    PAGE = 200
+    MAX_FOREIGN_KEYS = 100_000
+
+    def __init__(self, huey, instance):
+        self.huey = huey
+        self.storage = huey.storage
+        self.instance = instance
+        self._lock = threading.Lock()
+        self._page = []
+        self._after = ""
+        self._claimed = set()  # keys handed out and not yet acknowledged
+        self._foreign = set()  # keys seen that are not ours: never touched
+        self.foreign_results = 0
+
+    def recover(self):
+        return 0  # unacknowledged results are still in the store: nothing to move
+
+    def claim(self):
+        with self._lock:
+            while True:
+                if not self._page:
+                    self._page = self.storage.scan_results(self._after, self.PAGE)
+                    if not self._page:
+                        self._after = ""  # next call starts a new pass over the store
+                        return None
+                    self._after = self._page[-1][0]
+                key, value = self._page.pop(0)
+                if key in self._claimed or key in self._foreign:
+                    continue
+                result = self._ours(value)
+                if result is None:
+                    self._note_foreign(key)
+                    continue
+                self._claimed.add(key)
+                if result.task_id is None:
+                    result.task_id = key
+                return Claim(result, key)
+
+    def _ours(self, value):
+        try:
+            obj = self.huey.serializer.deserialize(bytes(value))
+        except Exception:  # noqa: BLE001 - another application's pickle may not load here
+            return None
+        return obj if isinstance(obj, TaskResult) else None
+
+    def _note_foreign(self, key):
+        if len(self._foreign) < self.MAX_FOREIGN_KEYS:
+            self._foreign.add(key)
+        self.foreign_results += 1
+        log.debug("leaving result %s alone: not a %s result", key, TASK_NAME)
+
+    def ack(self, tokens):
+        self.storage.delete_results(tokens)
+        with self._lock:
+            self._claimed.difference_update(tokens)
+
+    def backlog(self):
+        return {"result_store": self.storage.result_store_size(),
+                "claimed_results": len(self._claimed),
+                "foreign_results": len(self._foreign)}

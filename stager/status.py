@@ -1,0 +1,80 @@
+"""``stager status``: the running process's snapshot plus what the disk and Huey show."""
+
+import json
+import os
+import time
+
+from . import staging
+from .queue import build_storage_huey
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect(config):
+    snapshot_path = config.run_dir / "stager.json"
+    snapshot = None
+    if snapshot_path.exists():
+        try:
+            snapshot = json.loads(snapshot_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            snapshot = None
+    running = bool(snapshot and snapshot.get("state") in ("running", "stopping") and pid_alive(snapshot["pid"]))
+    huey = build_storage_huey(config.huey)
+    try:
+        storage = huey.storage
+        queue = {"queued_tasks": storage.queue_size(), "leased_tasks": storage.lease_count(),
+                 "result_store": storage.result_store_size()}
+    finally:
+        huey.storage.close()
+    disk = {}
+    for dataset in config.datasets:
+        files = staging.sealed_files(config.staging_dir / dataset.name)
+        dl_folder = config.deadletter_dir / dataset.name
+        dl_rows = 0
+        for path in dl_folder.glob("*.jsonl") if dl_folder.exists() else []:
+            with open(path, "rb") as f:
+                dl_rows += sum(1 for line in f if line.strip())
+        disk[dataset.name] = {"staged_files": len(files),
+                              "staged_bytes": sum(p.stat().st_size for p in files if p.exists()),
+                              "deadletter_rows": dl_rows}
+    return {"running": running, "checked_at": time.time(), "queue": queue, "disk": disk,
+            "process": snapshot}
+
+
+def render(report):
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if Console().is_terminal else 132)
+    proc = report["process"]
+    q = report["queue"]
+    state = "running" if report["running"] else "not running"
+    if proc:
+        age = time.time() - proc.get("updated_at", 0)
+        state += f" (instance {proc['instance']}, pid {proc['pid']}, snapshot {age:.0f}s old)"
+    console.print(f"stager: {state}")
+    console.print(f"huey queue: {q['queued_tasks']} queued, {q['leased_tasks']} leased (in a buffer), "
+                  f"{q['result_store']} in the result store")
+    table = Table("task type", "tasks", "rows staged", "files", "buffer rows", "buffer age s",
+                  "dead letter", "superseded", "waiting", "MiB")
+    per_type = (proc or {}).get("task_types", {})
+    for name, disk in report["disk"].items():
+        t = per_type.get(name, {})
+        table.add_row(name, str(t.get("tasks", "-")), str(t.get("rows_staged", "-")),
+                      str(t.get("files_sealed", "-")), str(t.get("buffer_rows", "-")),
+                      str(t.get("buffer_age_seconds", "-")), str(disk["deadletter_rows"]),
+                      str(t.get("rows_superseded", "-")), str(disk["staged_files"]),
+                      f"{disk['staged_bytes'] / 2**20:.1f}")
+    console.print(table)
+    if proc:
+        console.print(f"rows/s: {proc.get('rows_per_second', 0)}   errors: {proc.get('errors') or 'none'}   "
+                      f"sealing paused: {proc.get('sealing_paused')}")
+        console.print("threads: " + ", ".join(f"{k}={v}" for k, v in sorted(proc.get("threads", {}).items())))
