@@ -55,6 +55,7 @@ class Stager:
         self.started_at = None
         self.state = "new"
         self.seal_backoff = Backoff(0.5, 2.0, 30.0)
+        self.sealing_error = None  # the last seal failure, until a seal succeeds
 
     # --- lifecycle --------------------------------------------------------
 
@@ -250,11 +251,13 @@ class Stager:
         final = self.config.staging_dir / dataset.name / name.name
         try:
             staging.seal(table, final, meta, self.fsync)
-        except ResourceError:
+        except ResourceError as exc:
             buffer.put_back(table, tokens, task_ids, opened_at)
             self._error("system_resource")
+            self.sealing_error = str(exc)
             raise
         self.seal_backoff.reset()
+        self.sealing_error = None
         self._ack(tokens)
         self._count(dataset.name, files=1, rows_staged=table.num_rows, superseded=superseded)
         log.info("sealed %s: %d rows from %d task(s)", final.name, table.num_rows, len(tokens))
@@ -332,7 +335,7 @@ class Stager:
             "rows_per_second": round(rate, 1),
             "errors": dict(self.errors),
             "threads": dict(self._thread_state),
-            "sealing_paused": self.seal_backoff.waiting,
+            "sealing_error": self.sealing_error,
         }
 
     def write_status(self):

@@ -76,5 +76,5 @@ def render(report):
     console.print(table)
     if proc:
         console.print(f"rows/s: {proc.get('rows_per_second', 0)}   errors: {proc.get('errors') or 'none'}   "
-                      f"sealing paused: {proc.get('sealing_paused')}")
+                      f"sealing: {proc.get('sealing_error') or 'ok'}")
         console.print("threads: " + ", ".join(f"{k}={v}" for k, v in sorted(proc.get("threads", {}).items())))
