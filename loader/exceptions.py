@@ -1,0 +1,29 @@
+"""Loader errors, classified by what happens next (DESIGN.md, "Error classes").
+
+- ``FileRefused``: a staged file the warehouse will not take (unreadable,
+  mislabelled, a type the table refuses). It goes to quarantine with an error
+  report for a person; the other files go on.
+- ``DatabaseBusy``: the database is locked by another process or an I/O error
+  hit it. Transient: retried with backoff, nothing is dropped.
+- ``LoaderError``: a person asked for something impossible (a reload path that
+  is not a staged file, an unknown task type). The CLI prints it on one line.
+"""
+
+from stager.exceptions import DuckstageError
+
+
+class LoaderError(DuckstageError):
+    """A bad request from a person: refused with one line, exit 2."""
+
+
+class FileRefused(DuckstageError):
+    """A file that goes to quarantine: the error, and what a person can do."""
+
+    def __init__(self, error, action):
+        self.error = error
+        self.action = action
+        super().__init__(error)
+
+
+class DatabaseBusy(DuckstageError):
+    """The database cannot be used right now (locked, I/O error): retry later."""

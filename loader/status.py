@@ -1,0 +1,150 @@
+"""``loader status``: the running loader's snapshot combined with what is on disk.
+
+The running loader holds the database, and DuckDB lets no other process open
+it, not even read-only; so the loader writes ``run/loader.json`` atomically
+after every step, and ``status`` reads that, the staging and quarantine
+folders, and the manifest itself when the database is free.
+"""
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stager import staging
+
+from . import filing
+from .discovery import scan, unknown_folders
+from .warehouse import MANIFEST, q
+
+
+def write_snapshot(path, body):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_snapshot(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _rows(path):
+    try:
+        return pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException):  # unreadable: the loader will quarantine it
+        return 0
+
+
+def _manifest(database):
+    """Manifest totals read directly, or None with the reason when the database is busy."""
+    if not Path(database).exists():
+        return {}, None
+    try:
+        con = duckdb.connect(str(database), read_only=True)
+    except duckdb.Error as exc:
+        return None, str(exc).splitlines()[0]
+    try:
+        if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                           [MANIFEST]).fetchall()[0][0]:
+            return {}, None
+        rows = con.execute(
+            f"SELECT task_type, count(*), sum(rows), sum(inserted), sum(updated), max(loaded_at)"
+            f" FROM {q(MANIFEST)} GROUP BY 1 ORDER BY 1").fetchall()
+        return {t: {"files": n, "rows": int(r or 0), "inserted": int(i or 0), "updated": int(u or 0),
+                    "last_loaded_at": last.isoformat() if last else None}
+                for t, n, r, i, u, last in rows}, None
+    finally:
+        con.close()
+
+
+def collect(config, snapshot_name="loader.json"):
+    """Everything ``loader status`` shows, as one JSON-ready dict."""
+    snap = read_snapshot(config.run_dir / snapshot_name)
+    running = bool(snap and snap.get("state") != "stopped" and _alive(int(snap.get("pid", 0))))
+    pending = {}
+    for task_type, paths in scan(config.staging_dir, config.datasets.names).items():
+        if paths:
+            pending[task_type] = {"files": len(paths), "rows": sum(_rows(p) for p in paths)}
+    temporary = sum(1 for _r, _d, files in os.walk(config.staging_dir) for n in files if staging.is_temporary(n))
+    manifest, busy = (None, "held by the running loader") if running and snap.get("database_open") \
+        else _manifest(config.loader.database)
+    if manifest is None and snap:
+        manifest = snap.get("manifest") or {}
+    quarantined = filing.quarantined(config.quarantine_dir)
+    return {
+        "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "loader": {
+            "running": running,
+            "pid": snap.get("pid") if snap else None,
+            "state": (snap.get("state") if running else "not running"),
+            "snapshot_at": snap.get("updated_at") if snap else None,
+        },
+        "database": str(config.loader.database),
+        "database_busy": busy,
+        "pending": pending,
+        "temporary_files": temporary,
+        "unknown_task_types": unknown_folders(config.staging_dir, config.datasets.names),
+        "last_load": snap.get("last_load") if snap else None,
+        "rows_per_second": snap.get("rows_per_second") if snap else None,
+        "since_start": snap.get("since_start") if running else None,
+        "retry": snap.get("retry") if running else None,
+        "manifest": manifest or {},
+        "quarantined": {t: [r.get("file") for r in reports] for t, reports in quarantined.items()},
+    }
+
+
+def render(st):
+    """The human-readable status: a few lines a person can scan."""
+    lines = []
+    lo = st["loader"]
+    head = f"loader: {lo['state']}" + (f" (pid {lo['pid']})" if lo["running"] else "")
+    lines.append(head)
+    if st["retry"]:
+        r = st["retry"]
+        pace = "slowly, past max_retries" if r["slow"] else "with backoff"
+        lines.append(f"  database busy since {r['since']}: retry {r['attempts']} {pace},"
+                     f" every {r['delay']:g}s: {r['error']}")
+    if st["database_busy"]:
+        lines.append(f"database {st['database']}: {st['database_busy']} (figures from its snapshot)")
+    else:
+        lines.append(f"database {st['database']}")
+    if st["last_load"]:
+        ll = st["last_load"]
+        lines.append(f"last load: {ll['task_type']} {ll['files']} file(s), {ll['rows']} rows at {ll['at']}")
+    if st["rows_per_second"]:
+        lines.append(f"rows per second (last cycle): {st['rows_per_second']:,}")
+    types = sorted(set(st["pending"]) | set(st["manifest"]) | set(st["quarantined"]))
+    if types:
+        lines.append(f"{'task type':<16}{'pending':>9}{'rows':>11}{'loaded':>9}{'rows':>13}{'quarant.':>10}")
+    for t in types:
+        p = st["pending"].get(t, {"files": 0, "rows": 0})
+        m = st["manifest"].get(t, {"files": 0, "rows": 0})
+        lines.append(f"{t:<16}{p['files']:>9}{p['rows']:>11}{m['files']:>9}{m['rows']:>13}"
+                     f"{len(st['quarantined'].get(t, [])):>10}")
+    if st["temporary_files"]:
+        lines.append(f"{st['temporary_files']} temporary file(s) being written (never loaded)")
+    for t, n in st["unknown_task_types"].items():
+        lines.append(f"staging/{t}: {n} file(s) of a task type not in datasets.yaml (not loaded)")
+    for t, names in st["quarantined"].items():
+        for name in names:
+            lines.append(f"quarantined: {t}/{name} (see {name}.error.json)")
+    return "\n".join(lines)

@@ -1,0 +1,269 @@
+"""The DuckDB side: connection, table DDL, the manifest, and the MERGE.
+
+Bookkeeping lives in the destination: a file's MERGE and its manifest row
+commit in one transaction, so the manifest alone decides whether a file was
+loaded. Facts this module is written around (DuckDB 2.0.1, measured):
+
+- ``UPDATE SET *`` / ``INSERT *`` match columns by position; every column is
+  named here, and only non-key columns are updated.
+- A MERGE source with two rows for one key fails or silently keeps the first,
+  so the source is reduced to one row per key first, over all files of the
+  batch together, newest version first, later file winning a tie.
+- ``read_parquet([...])`` without ``union_by_name`` drops a column only a later
+  file has.
+- Only one process may open the database; the Python library is newer than
+  the ``duckdb`` CLI, so files are written with 1.5 storage compatibility.
+"""
+
+import datetime as dt
+import logging
+import warnings
+from dataclasses import dataclass
+
+import duckdb
+
+from .exceptions import DatabaseBusy, FileRefused
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "_duckstage_manifest"
+STORAGE_COMPATIBILITY = "v1.5.0"
+SOURCE = "__duckstage_src"
+RETURNED = "__duckstage_returned"
+
+# How a MERGE treats a key the table already holds.
+LOAD = "load"      # update when the incoming version is >= the stored one
+RELOAD = "reload"  # a replay: update only when strictly newer (no roll-back)
+FORCE = "force"    # a forced replay: always update
+
+# file type -> table types that take it without loss.
+_WIDENS = {
+    "TINYINT": {"SMALLINT", "INTEGER", "BIGINT", "DOUBLE"},
+    "SMALLINT": {"INTEGER", "BIGINT", "DOUBLE"},
+    "INTEGER": {"BIGINT", "DOUBLE"},
+    "UTINYINT": {"SMALLINT", "INTEGER", "BIGINT", "DOUBLE"},
+    "USMALLINT": {"INTEGER", "BIGINT", "DOUBLE"},
+    "UINTEGER": {"BIGINT", "DOUBLE"},
+    "FLOAT": {"DOUBLE"},
+    "DATE": {"TIMESTAMP"},
+    "TIMESTAMP_S": {"TIMESTAMP"},
+    "TIMESTAMP_MS": {"TIMESTAMP"},
+}
+
+
+def q(name):
+    return '"' + name.replace('"', '""') + '"'
+
+
+def takes(table_type, file_type):
+    """True if a table column of ``table_type`` takes a file column of ``file_type``."""
+    return file_type == table_type or table_type in _WIDENS.get(file_type, ())
+
+
+def is_busy(exc):
+    """A database error worth retrying (lock, I/O, memory) rather than blaming a file."""
+    return isinstance(exc, (duckdb.IOException, duckdb.OutOfMemoryException,
+                            duckdb.ConnectionException, duckdb.TransactionException))
+
+
+@dataclass
+class Merged:
+    """What one MERGE did to each file of its batch, by file name."""
+
+    inserted: dict
+    updated: dict
+    rows: int  # rows in the deduplicated source
+
+
+class Warehouse:
+    """One DuckDB database file, opened on demand and released when idle."""
+
+    def __init__(self, path, connect=duckdb.connect):
+        self.path = path
+        self._connect = connect
+        self.con = None
+
+    @property
+    def is_open(self):
+        return self.con is not None
+
+    def open(self):
+        if self.con is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = self._connect(
+                str(self.path), config={"storage_compatibility_version": STORAGE_COMPATIBILITY})
+            self.con.execute(
+                f"CREATE TABLE IF NOT EXISTS {MANIFEST} ("
+                " file VARCHAR PRIMARY KEY, task_type VARCHAR NOT NULL, size BIGINT NOT NULL,"
+                " checksum VARCHAR NOT NULL, rows BIGINT NOT NULL, inserted BIGINT NOT NULL,"
+                " updated BIGINT NOT NULL, loaded_at TIMESTAMP NOT NULL,"
+                " forced BOOLEAN NOT NULL DEFAULT false, loads INTEGER NOT NULL DEFAULT 1)")
+        except duckdb.Error as exc:
+            self.close()
+            raise DatabaseBusy(f"cannot open {self.path}: {exc}") from exc
+        return self
+
+    def close(self):
+        if self.con is not None:
+            try:
+                self.con.close()
+            except duckdb.Error as exc:
+                log.warning("closing %s: %s", self.path, exc)
+            self.con = None
+
+    # -- transactions -------------------------------------------------------
+
+    def begin(self):
+        self.con.execute("BEGIN TRANSACTION")
+
+    def commit(self):
+        self.con.execute("COMMIT")
+
+    def rollback(self):
+        try:
+            self.con.execute("ROLLBACK")
+        except duckdb.Error as exc:  # no transaction left to roll back
+            log.debug("rollback: %s", exc)
+
+    # -- tables ---------------------------------------------------------------
+
+    def table_columns(self, table):
+        """Column name -> type of an existing table, in table order; None if it is missing."""
+        rows = self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+            [table]).fetchall()
+        return {name: type_ for name, type_ in rows} or None
+
+    def create_table(self, dataset):
+        cols = [f"{q(c.name)} {c.type}" + ("" if c.nullable else " NOT NULL") for c in dataset.all_columns]
+        pk = ", ".join(q(c) for c in dataset.primary_key)
+        self.con.execute(f"CREATE TABLE IF NOT EXISTS {q(dataset.name)} ({', '.join(cols)}, PRIMARY KEY ({pk}))")
+
+    def add_column(self, table, name, type_):
+        self.con.execute(f"ALTER TABLE {q(table)} ADD COLUMN {q(name)} {type_}")
+
+    def drop_task_type(self, task_type):
+        self.con.execute(f"DROP TABLE IF EXISTS {q(task_type)}")
+        self.con.execute(f"DELETE FROM {MANIFEST} WHERE task_type = ?", [task_type])
+
+    # -- the manifest ---------------------------------------------------------
+
+    def loaded(self, names):
+        """Manifest checksums of those of ``names`` already loaded."""
+        if not names:
+            return {}
+        rows = self.con.execute(
+            f"SELECT file, checksum FROM {MANIFEST} WHERE file IN (SELECT unnest(?::VARCHAR[]))",
+            [list(names)]).fetchall()
+        return dict(rows)
+
+    def record(self, task_type, files, merged, forced, now=None):
+        loaded_at = (now or dt.datetime.now(dt.timezone.utc)).replace(tzinfo=None)
+        rows = [(f.name, task_type, f.size, f.checksum, f.rows, merged.inserted.get(f.name, 0),
+                 merged.updated.get(f.name, 0), loaded_at, forced) for f in files]
+        self.con.executemany(
+            f"INSERT INTO {MANIFEST} (file, task_type, size, checksum, rows, inserted, updated, loaded_at, forced)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file) DO UPDATE SET"
+            " size = excluded.size, checksum = excluded.checksum, rows = excluded.rows,"
+            " inserted = excluded.inserted, updated = excluded.updated, loaded_at = excluded.loaded_at,"
+            " forced = excluded.forced, loads = loads + 1", rows)
+
+    def manifest_totals(self):
+        rows = self.con.execute(
+            f"SELECT task_type, count(*), sum(rows), sum(inserted), sum(updated), max(loaded_at)"
+            f" FROM {MANIFEST} GROUP BY task_type ORDER BY task_type").fetchall()
+        return {t: {"files": n, "rows": int(r or 0), "inserted": int(i or 0), "updated": int(u or 0),
+                    "last_loaded_at": last.isoformat() if last else None}
+                for t, n, r, i, u, last in rows}
+
+    # -- the merge --------------------------------------------------------------
+
+    def merge(self, dataset, files, table_columns, mode=LOAD):
+        """MERGE ``files`` (one batch, seal order) into the dataset's table, inside the caller's transaction.
+
+        ``table_columns`` is the table's name -> type after any columns were
+        added; file columns it lacks are left out.
+        """
+        table, pk = dataset.name, list(dataset.primary_key)
+        cols = []
+        for f in files:
+            cols += [c for c in f.columns if c in table_columns and c not in cols]
+        values = [c for c in cols if c not in pk]
+        version = [c for c in dataset.version_order if c in cols]
+        newest = "".join(f"{q(c)} DESC NULLS LAST, " for c in version)
+        casts = ", ".join(f"CAST({q(c)} AS {table_columns[c]}) AS {q(c)}" for c in cols)
+        paths = [str(f.path) for f in files]
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {SOURCE} AS SELECT {casts}, __ord FROM ("
+            f" SELECT *, list_position($paths, __file) AS __ord FROM read_parquet($paths,"
+            f" union_by_name = true, filename = '__file', file_row_number = true))"
+            f" QUALIFY row_number() OVER (PARTITION BY {', '.join(q(c) for c in pk)}"
+            f" ORDER BY {newest}__ord DESC, file_row_number DESC) = 1",
+            {"paths": paths})
+        on = " AND ".join(f"t.{q(c)} = s.{q(c)}" for c in pk)
+        matched = ""
+        if values:
+            guard = {LOAD: _newer_or_equal, RELOAD: _newer, FORCE: None}[mode]
+            cond = f" AND ({guard(version)})" if guard and version else ""
+            sets = ", ".join(f"{q(c)} = s.{q(c)}" for c in values)
+            matched = f" WHEN MATCHED{cond} THEN UPDATE SET {sets}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the copy of (action, key) is small
+            returned = self.con.execute(
+                f"MERGE INTO {q(table)} AS t USING {SOURCE} AS s ON ({on}){matched}"
+                f" WHEN NOT MATCHED THEN INSERT ({', '.join(q(c) for c in cols)})"
+                f" VALUES ({', '.join('s.' + q(c) for c in cols)})"
+                f" RETURNING merge_action, {', '.join(q(c) for c in pk)}").to_arrow_table()
+        self.con.register(RETURNED, returned)
+        try:
+            counts = self.con.execute(
+                f"SELECT s.__ord, count(*) FILTER (WHERE r.merge_action = 'INSERT'),"
+                f" count(*) FILTER (WHERE r.merge_action = 'UPDATE')"
+                f" FROM {RETURNED} r JOIN {SOURCE} s USING ({', '.join(q(c) for c in pk)}) GROUP BY 1").fetchall()
+            rows = self.con.execute(f"SELECT count(*) FROM {SOURCE}").fetchall()[0][0]
+        finally:
+            self.con.unregister(RETURNED)
+            self.con.execute(f"DROP TABLE IF EXISTS {SOURCE}")
+        names = [f.name for f in files]
+        return Merged({names[o - 1]: i for o, i, _ in counts}, {names[o - 1]: u for o, _, u in counts}, rows)
+
+
+def _compare(version, strict):
+    """SQL: the incoming (s) version tuple is > (or >=) the stored (t) one, NULL the smallest."""
+    expr = "false" if strict else "true"
+    for c in reversed(version):
+        s, t = f"s.{q(c)}", f"t.{q(c)}"
+        greater = f"({s} IS NOT NULL AND ({t} IS NULL OR {s} > {t}))"
+        expr = f"({greater} OR ({s} IS NOT DISTINCT FROM {t} AND {expr}))"
+    return expr
+
+
+def _newer_or_equal(version):
+    return _compare(version, strict=False)
+
+
+def _newer(version):
+    return _compare(version, strict=True)
+
+
+def check_columns(dataset, file, table_columns, new_columns):
+    """Columns to add for ``file`` under the ``new_columns`` policy; FileRefused if the table refuses it."""
+    add = {}
+    for name, type_ in file.columns.items():
+        if name in table_columns:
+            if not takes(table_columns[name], type_):
+                raise FileRefused(
+                    f"column {name} is {type_} in the file but {table_columns[name]} in table {dataset.name}",
+                    "fix the producer's types and fetch again, or change the table's column type"
+                    " in DuckDB and `loader reload` this file")
+        elif new_columns == "add":
+            add[name] = type_
+        elif new_columns == "quarantine":
+            raise FileRefused(
+                f"column {name} ({type_}) is not in table {dataset.name} (loader.new_columns: quarantine)",
+                f"add it (ALTER TABLE {dataset.name} ADD COLUMN {name} {type_}) or set"
+                " loader.new_columns to add or ignore, then `loader reload` this file")
+    return add

@@ -1,0 +1,136 @@
+"""Fixtures for the loader: real configs, real sealed files, real DuckDB files in tmp_path.
+
+Staged files are made the way the stager makes them (``stager.staging.seal``
+with the dataset's Arrow schema and footer), without the stager's service.
+"""
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+import yaml
+
+from stager import staging
+from stager.config import from_mapping
+from stager.staging import StagedFile
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+BASE = dt.datetime(2025, 1, 6, 8, 0, tzinfo=dt.timezone.utc)
+FAST = {"retry_delay": 0.05, "retry_max_delay": 0.2, "idle_release": 0, "rescan_interval": 0.2}
+
+
+def duckdb_cli():
+    found = shutil.which("duckdb", path=os.path.dirname(sys.executable)) or shutil.which("duckdb")
+    if not found:
+        pytest.fail("the duckdb CLI (pip duckdb-cli) is not installed next to this Python")
+    return found
+
+
+def fetched(minutes):
+    """A _fetched_at value: UTC naive, ``minutes`` after BASE."""
+    return (BASE + dt.timedelta(minutes=minutes)).replace(tzinfo=None)
+
+
+def daily(code, day, close, minutes=0, task="task-1", **extra):
+    """One stock_daily row (day = day of January 2025)."""
+    row = {"ts_code": code, "trade_date": dt.date(2025, 1, day), "open": close - 0.5, "high": close + 1,
+           "low": close - 1, "close": close, "pre_close": None, "change": None, "pct_chg": None,
+           "vol": 100.0, "amount": 1000.0, "ah_vol": None, "ah_amount": None,
+           "_task_id": task, "_fetched_at": fetched(minutes)}
+    row.update(extra)
+    return row
+
+
+class Stage:
+    """Seal files into ``staging/<task_type>/`` in seal order (one second apart)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.seq = 0
+
+    def __call__(self, task_type, rows=None, table=None, instance="t1", name=None):
+        self.seq += 1
+        dataset = self.config.datasets[task_type]
+        if table is None:
+            table = pa.Table.from_pylist(rows, schema=dataset.arrow_schema)
+        sf = StagedFile.new(task_type, instance, self.seq, now=BASE + dt.timedelta(seconds=self.seq))
+        folder = self.config.staging_dir / (name or task_type)
+        meta = staging.footer_metadata(dataset, len(table), {"task-1"}, instance, sf.created_at, 1)
+        return staging.seal(table, folder / sf.name, meta)
+
+
+def make_config(tmp_path, **loader):
+    return from_mapping({"loader": {**FAST, **loader}}, "<test>", CONFIG_DIR, tmp_path)
+
+
+def write_config(tmp_path, **loader):
+    """A YAML config for subprocesses; returns its path."""
+    path = tmp_path / "duckstage.yaml"
+    path.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"),
+        "datasets": str(CONFIG_DIR / "datasets.yaml"),
+        "log_level": "INFO",
+        "loader": {**FAST, **loader},
+    }))
+    return path
+
+
+@pytest.fixture
+def config(tmp_path):
+    return make_config(tmp_path)
+
+
+@pytest.fixture
+def stage(config):
+    return Stage(config)
+
+
+def query(config, sql, params=None):
+    # Same configuration as the loader's, so it shares the loader's open database in this process.
+    con = duckdb.connect(str(config.loader.database), config={"storage_compatibility_version": "v1.5.0"})
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def table(config, name, cols="*", order="ts_code, trade_date"):
+    return query(config, f"SELECT {cols} FROM {name} ORDER BY {order}")
+
+
+def files_in(folder, pattern="*.parquet"):
+    return sorted(p.name for p in Path(folder).rglob(pattern))
+
+
+def loader_cmd(config_path, *args):
+    return [sys.executable, "-m", "loader", "--config", str(config_path), *args]
+
+
+def run_cli(config_path, *args, timeout=60):
+    return subprocess.run(loader_cmd(config_path, *args), capture_output=True, text=True, timeout=timeout,
+                          cwd=str(config_path.parent))
+
+
+def wait_for(predicate, timeout=10.0, every=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    before = set(threading.enumerate())
+    yield
+    assert wait_for(lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()], 5), \
+        [t.name for t in threading.enumerate() if t not in before]
