@@ -34,6 +34,30 @@ def duckdb_cli():
     return found
 
 
+def hold_database(path):
+    """Open ``path`` in the real duckdb CLI (as a person would) and wait until it holds the lock."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([duckdb_cli(), str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def locked():
+        try:
+            duckdb.connect(str(path), config={"storage_compatibility_version": "v1.5.0"}).close()
+            return False
+        except duckdb.IOException:
+            return True
+
+    if not wait_for(locked, 10):
+        holder.kill()
+        pytest.fail("the duckdb CLI did not take the database lock")
+    return holder
+
+
+def release(holder):
+    holder.stdin.close()
+    holder.wait(10)
+
+
 def fetched(minutes):
     """A _fetched_at value: UTC naive, ``minutes`` after BASE."""
     return (BASE + dt.timedelta(minutes=minutes)).replace(tzinfo=None)

@@ -1,0 +1,84 @@
+"""Bad files go to quarantine and the rest loads; a busy database is retried, never dropped."""
+
+import json
+import pyarrow as pa
+
+from loader import Loader
+
+from .conftest import daily, files_in, hold_database, make_config, release, table
+
+
+def _report(config, path):
+    return json.loads((config.quarantine_dir / "stock_daily" / (path.name + ".error.json")).read_text())
+
+
+def test_bad_files_are_quarantined_and_the_rest_loads(config, stage):
+    good1 = stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
+    truncated = stage("stock_daily", [daily("000002.SZ", 2, 10.0)])
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    not_parquet = stage("stock_daily", [daily("000003.SZ", 2, 10.0)])
+    not_parquet.write_text("ts_code,close\n000003.SZ,10\n")
+    schema = config.datasets["stock_daily"].arrow_schema
+    bad_type = pa.Table.from_pylist([daily("000004.SZ", 2, 10.0)], schema=schema)
+    bad_type = bad_type.set_column(bad_type.schema.get_field_index("trade_date"), "trade_date",
+                                   pa.array(["20250102"]))  # VARCHAR where the table has DATE
+    refused_type = stage("stock_daily", table=bad_type)
+    no_key = stage("stock_daily", table=pa.Table.from_pylist([daily("000005.SZ", 2, 10.0)], schema=schema)
+                   .drop_columns(["ts_code"]))
+    wrong_folder = stage("stock_daily", [daily("000006.SZ", 2, 10.0)], name="stock_basic")
+    good2 = stage("stock_daily", [daily("000007.SZ", 2, 10.0)])
+
+    loader = Loader(config)
+    loader.run_once()
+    loader.stop()
+
+    assert table(config, "stock_daily", "ts_code") == [("000001.SZ",), ("000007.SZ",)]
+    assert files_in(config.archive_dir) == sorted([good1.name, good2.name])
+    quarantined = files_in(config.quarantine_dir)
+    assert quarantined == sorted(p.name for p in (truncated, not_parquet, refused_type, no_key, wrong_folder))
+    assert files_in(config.staging_dir) == []
+    assert "unreadable Parquet" in _report(config, truncated)["error"]
+    assert "unreadable Parquet" in _report(config, not_parquet)["error"]
+    report = _report(config, refused_type)
+    assert report["file"] == refused_type.name and "trade_date is VARCHAR" in report["error"]
+    assert report["what_to_do"]
+    assert "ts_code" in _report(config, no_key)["error"]
+    wrong = json.loads((config.quarantine_dir / "stock_basic" / (wrong_folder.name + ".error.json")).read_text())
+    assert "stock_basic" in wrong["error"]
+
+
+def test_a_row_the_table_refuses_quarantines_only_its_file(config, stage):
+    # vol is NOT NULL in the table; the file's schema lets a NULL through.
+    schema = config.datasets["stock_daily"].arrow_schema
+    loose = pa.schema([f.with_nullable(True) for f in schema])
+    stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
+    bad = stage("stock_daily", table=pa.Table.from_pylist([{**daily("000002.SZ", 2, 10.0), "vol": None}], schema=loose))
+    stage("stock_daily", [daily("000003.SZ", 2, 10.0)])
+    loader = Loader(config)
+    loader.run_once()  # one batch fails, then each file alone
+    loader.stop()
+    assert table(config, "stock_daily", "ts_code") == [("000001.SZ",), ("000003.SZ",)]
+    assert files_in(config.quarantine_dir) == [bad.name]
+    assert "NOT NULL" in _report(config, bad)["error"]
+
+
+def test_a_busy_database_is_retried_then_loaded(tmp_path, stage):
+    config = make_config(tmp_path, max_retries=1)
+    stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
+    holder = hold_database(config.loader.database)  # a person has the warehouse open in the duckdb CLI
+    try:
+        loader = Loader(config)
+        assert loader.run_once() == 0
+        assert loader.run_once() == 0
+        retry = loader.get_status()["retry"]
+        assert retry["attempts"] == 2 and retry["slow"] and "lock" in retry["error"]
+        assert retry["delay"] == config.loader.retry_max_delay
+        snapshot = json.loads((config.run_dir / "loader.json").read_text())
+        assert snapshot["retry"]["slow"] is True and snapshot["state"] == "retrying"
+        assert files_in(config.staging_dir / "stock_daily") != []  # nothing dropped
+    finally:
+        release(holder)
+    assert loader.run_once() == 1
+    assert loader.get_status()["retry"] is None
+    assert table(config, "stock_daily", "ts_code") == [("000001.SZ",)]
+    loader.stop()
