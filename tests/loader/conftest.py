@@ -98,6 +98,7 @@ def make_config(tmp_path, **loader):
 def write_config(tmp_path, **loader):
     """A YAML config for subprocesses; returns its path."""
     path = tmp_path / "duckstage.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"),
         "datasets": str(CONFIG_DIR / "datasets.yaml"),
