@@ -1,0 +1,457 @@
+"""The synthetic producer: realistic Tushare-shaped data, reproducible, with known bad rows.
+
+Rows are checked against config/datasets.yaml with a small validator of our
+own (not the stager's), and against the Tushare rules in shared/tushare_schemas.md.
+"""
+
+import datetime as dt
+import math
+import re
+from collections import Counter, defaultdict
+
+import pyarrow as pa
+import pytest
+
+from stager.config import load_config
+from stager.datasets import load_datasets
+from stager.produce import (DATASETS_PATH, FIELDS, PRODUCE_OPTIONS, Batch, BadRow, expected_rows,
+                            generate, produce, trading_days)
+from stager.results import TaskType
+from stager.tasks import build_huey
+from tests.conftest import write_config
+
+DATASETS = load_datasets(DATASETS_PATH)
+# Through the Q1 disclosure season, into H1's, and over the ex-dividend months.
+RUN = dict(stocks=300, days=90, seed=7, start="20240401", rows_per_task=400)
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return list(generate(**RUN))
+
+
+@pytest.fixture(scope="module")
+def bad_batches():
+    return list(generate(**RUN, bad_share=0.02))
+
+
+def by_type(batches, task_type):
+    return [b for b in batches if b.task_type is task_type]
+
+
+def rows_of(batches, task_type):
+    return [r for b in by_type(batches, task_type) for r in b.row_dicts()]
+
+
+# --- our own check of a row against datasets.yaml ---------------------------
+
+DATE_RE = re.compile(r"^\d{8}$")
+
+
+def problems(row, dataset):
+    """What is wrong with a row as sent, by datasets.yaml; [] for a good row."""
+    out = []
+    declared = {c.name for c in dataset.columns}
+    for name in row:
+        if name not in declared:
+            out.append(f"{name}: not declared")
+    for col in dataset.columns:
+        value = row.get(col.name)
+        missing = value is None or (isinstance(value, float) and math.isnan(value))
+        if missing:
+            if not col.nullable:
+                out.append(f"{col.name}: null")
+            continue
+        if col.type == "VARCHAR":
+            if not isinstance(value, str):
+                out.append(f"{col.name}: not a string")
+            elif col.pattern and not re.search(col.pattern, value):
+                out.append(f"{col.name}: off pattern")
+        elif col.type == "DOUBLE":
+            if not isinstance(value, float):
+                out.append(f"{col.name}: not a float")
+        elif col.type == "DATE":
+            if not (isinstance(value, str) and DATE_RE.match(value)):
+                out.append(f"{col.name}: not YYYYMMDD")
+            else:
+                try:
+                    dt.datetime.strptime(value, "%Y%m%d")
+                except ValueError:
+                    out.append(f"{col.name}: no such date")
+    return out
+
+
+def good_rows(batch):
+    bad = {b.index for b in batch.bad_rows}
+    return [r for i, r in enumerate(batch.row_dicts()) if i not in bad]
+
+
+# --- calendar ----------------------------------------------------------------
+
+def test_calendar_has_no_weekends_or_holidays():
+    days = trading_days("20190101", 2000)
+    assert all(dt.datetime.strptime(d, "%Y%m%d").weekday() < 5 for d in days)
+    per_year = Counter(d[:4] for d in days)
+    # SSE trading days per year (akshare's calendar)
+    assert [per_year[str(y)] for y in range(2019, 2027)] == [244, 243, 243, 242, 242, 242, 243, 242]
+    for holiday in ("20240101", "20240212", "20240404", "20240501", "20241001", "20250129"):
+        assert holiday not in days
+    assert trading_days("20240210", 1) == ["20240219"]  # Spring Festival: closed Feb 9-17
+
+
+# --- determinism -----------------------------------------------------------
+
+def fingerprint(batches):
+    return [(b.task_type, sorted(b.params.items()), b.shape, repr(b.row_dicts()),
+             [(x.index, x.kind, x.column, repr(x.value)) for x in b.bad_rows]) for b in batches]
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    small = dict(stocks=40, days=25, start="20240603", bad_share=0.05)
+    first = fingerprint(generate(seed=3, **small))
+    assert first == fingerprint(generate(seed=3, **small))
+    assert first != fingerprint(generate(seed=4, **small))
+
+
+def test_all_seven_task_types_and_all_three_shapes(batches):
+    assert {b.task_type for b in batches} == set(TaskType)
+    shapes = {b.shape for b in batches}
+    assert shapes == {"list", "dict", "table"}
+    for b in batches:
+        kind = {"list": list, "dict": dict, "table": pa.Table}[b.shape]
+        assert isinstance(b.data, kind)
+
+
+def test_task_types_filter_keeps_the_data_unchanged(batches):
+    only = list(generate(**RUN, task_types=["income"]))
+    assert fingerprint(only) == fingerprint(by_type(batches, TaskType.INCOME))
+
+
+# --- every good row is valid ----------------------------------------------
+
+def test_every_good_row_validates_against_datasets_yaml(bad_batches):
+    for b in bad_batches:
+        dataset = DATASETS[b.task_type.value]
+        for row in good_rows(b):
+            assert problems(row, dataset) == [], (b.task_type, b.params, row)
+
+
+def test_fields_are_the_declared_columns():
+    for task_type, fields in FIELDS.items():
+        declared = [c.name for c in DATASETS[task_type.value].columns]
+        assert set(fields) <= set(declared)
+        # the two after-hours columns are not requested (not default, only from 2026-07)
+        assert set(declared) - set(fields) <= {"ah_vol", "ah_amount"}
+
+
+# --- codes and stock_basic -------------------------------------------------
+
+PREFIXES = {"SH": ("600", "601", "603", "605", "688"), "SZ": ("000", "001", "002", "003", "300", "301"),
+            "BJ": ("920", "43", "83", "87")}
+
+
+def test_codes_come_from_the_three_exchanges():
+    basic = rows_of(generate(stocks=3000, days=3, seed=1), TaskType.STOCK_BASIC)
+    seen = set()
+    for r in basic:
+        code, suffix = r["ts_code"].split(".")
+        prefix = next(p for p in PREFIXES[suffix] if code.startswith(p))
+        seen.add(prefix)
+        assert r["symbol"] == code
+        assert r["exchange"] == {"SH": "SSE", "SZ": "SZSE", "BJ": "BSE"}[suffix]
+    assert seen == {p for ps in PREFIXES.values() for p in ps}
+
+
+def test_stock_basic_has_listed_and_delisted_stocks(batches):
+    fetches = by_type(batches, TaskType.STOCK_BASIC)
+    assert [b.params["list_status"] for b in fetches][:1] == ["L"]
+    status = {}
+    for b in fetches:
+        for r in b.row_dicts():
+            assert r["list_status"] == b.params["list_status"]
+            assert (r["delist_date"] is None) == (r["list_status"] == "L")
+            if r["delist_date"]:
+                assert r["delist_date"] > r["list_date"]
+            status.setdefault(r["ts_code"], []).append(r["list_status"])
+    assert Counter(s[-1] for s in status.values()).keys() == {"L", "D"}
+    assert ["L", "D"] in status.values()  # delisted during the run: listed at first, delisted at the end
+    first = {r["ts_code"] for r in fetches[0].row_dicts()}
+    daily = {r["ts_code"] for r in rows_of(batches, TaskType.STOCK_DAILY)}
+    assert daily - first  # IPOs during the run
+
+
+# --- daily bars ------------------------------------------------------------
+
+def daily_limit(code, name):
+    if code.startswith(("688", "300", "301")):
+        return 0.20
+    if code.endswith(".BJ"):
+        return 0.30
+    return 0.05 if "ST" in name else 0.10
+
+
+def half_up(x):
+    return math.floor(x * 100 + 0.5) / 100
+
+
+def test_stock_daily_ohlc_limits_units(batches):
+    names = {r["ts_code"]: r["name"] for r in rows_of(batches, TaskType.STOCK_BASIC)
+             if r["list_status"] == "L"}
+    daily = by_type(batches, TaskType.STOCK_DAILY)
+    assert {b.params["trade_date"] for b in daily} == set(trading_days(RUN["start"], RUN["days"]))
+    fractional = ex_days = 0
+    for b in daily:
+        assert len(b.row_dicts()) <= RUN["rows_per_task"]
+        for r in b.row_dicts():
+            assert r["trade_date"] == b.params["trade_date"]
+            o, h, lo, c, pre = r["open"], r["high"], r["low"], r["close"], r["pre_close"]
+            assert 0 < lo <= min(o, c) <= max(o, c) <= h
+            limit = daily_limit(r["ts_code"], names[r["ts_code"]])
+            assert h <= half_up(pre * (1 + limit)) + 1e-9, r
+            assert lo >= half_up(pre * (1 - limit)) - 1e-9, r
+            assert r["change"] == pytest.approx(c - pre, abs=1e-9)
+            assert r["pct_chg"] == pytest.approx((c - pre) / pre * 100, abs=1e-4)
+            vwap = r["amount"] * 1000 / (r["vol"] * 100)  # thousand CNY / shares
+            assert lo - 0.01 <= vwap <= h + 0.01
+            fractional += r["vol"] != int(r["vol"])
+    assert fractional
+    # ex-dividend days: pre_close is the reference price, not the raw previous close
+    last_close = {}
+    for b in daily:
+        for r in b.row_dicts():
+            prev = last_close.get(r["ts_code"])
+            if prev is not None and r["pre_close"] < prev - 0.005:
+                ex_days += 1
+            last_close[r["ts_code"]] = r["close"]
+    assert ex_days
+
+
+def raw_closes(batches):
+    return {(r["ts_code"], r["trade_date"]): r for r in rows_of(batches, TaskType.STOCK_DAILY)}
+
+
+def test_qfq_prices_come_from_adjustment_factors(batches):
+    raw = raw_closes(batches)
+    qfq = by_type(batches, TaskType.DAILY_BAR_QFQ)
+    assert qfq
+    for b in qfq:
+        rows = b.row_dicts()
+        dates = [r["trade_date"] for r in rows]
+        assert dates == sorted(dates, reverse=True)  # newest first
+        assert dates[0] <= b.params["end_date"] and dates[-1] == b.params["start_date"]
+        assert b.params["adj"] == "qfq" and all(r["ts_code"] == b.params["ts_code"] for r in rows)
+        anchor = rows[0]["adj_factor"]
+        for r in rows:
+            daily = raw[(r["ts_code"], r["trade_date"])]
+            ratio = anchor / r["adj_factor"]
+            for col in ("open", "high", "low", "close", "pre_close"):
+                assert r[col] * ratio == pytest.approx(daily[col], abs=0.005 * ratio + 1e-9)
+            assert r["vol"] == daily["vol"] and r["amount"] == daily["amount"]
+            if r["adj_factor"] == anchor:
+                assert r["close"] == daily["close"]
+            assert r["change"] == r["close"] - r["pre_close"]  # unrounded, as the SDK leaves it
+
+
+def test_qfq_history_is_rewritten_by_later_anchors(batches):
+    seen = defaultdict(dict)  # key -> {end_date: close}
+    order = []
+    for b in by_type(batches, TaskType.DAILY_BAR_QFQ):
+        order.append((b.params["ts_code"], b.params["end_date"]))
+        for r in b.row_dicts():
+            seen[(r["ts_code"], r["trade_date"])][b.params["end_date"]] = r["close"]
+    twice = [v for v in seen.values() if len(v) > 1]
+    assert twice, "some keys are fetched under two anchors"
+    assert any(len(set(v.values())) > 1 for v in twice), "an ex-date changes qfq history"
+    latest = {}
+    late = 0
+    for code, end in order:
+        late += end < latest.get(code, end)
+        latest[code] = max(end, latest.get(code, end))
+    assert late, "an older window is fetched again after a newer one"
+
+
+def test_daily_bar_none_pre_close_is_the_previous_row(batches):
+    raw = raw_closes(batches)
+    differs = 0
+    for b in by_type(batches, TaskType.DAILY_BAR_NONE):
+        rows = b.row_dicts()
+        oldest = rows[-1]
+        assert all(math.isnan(oldest[c]) for c in ("pre_close", "change", "pct_chg"))
+        for newer, older in zip(rows, rows[1:]):
+            assert newer["pre_close"] == older["close"]
+            assert newer["pct_chg"] == round((newer["close"] - older["close"]) / older["close"] * 100, 2)
+            daily = raw[(newer["ts_code"], newer["trade_date"])]
+            assert [newer[c] for c in ("open", "high", "low", "close", "vol")] == \
+                [daily[c] for c in ("open", "high", "low", "close", "vol")]
+            differs += newer["pre_close"] != daily["pre_close"]
+    assert differs, "on ex-dates pro_bar's pre_close differs from daily's"
+
+
+# --- statements ------------------------------------------------------------
+
+def test_statements_restated_ytd_and_identities(batches):
+    restated = 0
+    for task_type in (TaskType.INCOME, TaskType.BALANCESHEET, TaskType.CASHFLOW):
+        keys = defaultdict(list)
+        for b in by_type(batches, task_type):
+            assert b.params.get("period") or b.params.get("ts_code")
+            for r in b.row_dicts():
+                assert r["end_date"][4:] in ("0331", "0630", "0930", "1231")
+                assert r["ann_date"] > r["end_date"] and r["f_ann_date"] >= r["ann_date"]
+                assert r["report_type"] == "1"
+                keys[(r["ts_code"], r["end_date"], r["report_type"])].append(r)
+                if "period" in b.params:
+                    assert r["end_date"] == b.params["period"]
+        pairs = [rs for rs in keys.values() if {r["update_flag"] for r in rs} == {"0", "1"}]
+        for rs in pairs:
+            new = max((r for r in rs if r["update_flag"] == "1"), key=lambda r: r["f_ann_date"])
+            old = [r for r in rs if r["update_flag"] == "0"]
+            assert all(new["f_ann_date"] > r["f_ann_date"] for r in old)
+        restated += len(pairs)
+    assert restated
+
+    nan_seen = 0
+    for r in rows_of(batches, TaskType.BALANCESHEET):
+        assert r["total_assets"] == pytest.approx(r["total_liab_hldr_eqy"], abs=0.02)
+        assert r["total_assets"] == pytest.approx(r["total_cur_assets"] + r["total_nca"], abs=0.02)
+        assert r["total_hldr_eqy_inc_min_int"] == pytest.approx(
+            r["total_hldr_eqy_exc_min_int"] + r["minority_int"], abs=0.02)
+        nan_seen += math.isnan(r["goodwill"])
+    assert nan_seen
+    for r in rows_of(batches, TaskType.INCOME):
+        assert r["n_income"] == pytest.approx(r["total_profit"] - r["income_tax"], abs=0.02)
+        assert r["n_income"] == pytest.approx(r["n_income_attr_p"] + r["minority_gain"], abs=0.02)
+    for r in rows_of(batches, TaskType.CASHFLOW):
+        assert r["c_cash_equ_end_period"] == pytest.approx(
+            r["c_cash_equ_beg_period"] + r["n_incr_cash_cash_equ"], abs=0.02)
+        flows = r["n_cashflow_act"] + r["n_cashflow_inv_act"] + r["n_cash_flows_fnc_act"]
+        fx = 0.0 if math.isnan(r["eff_fx_flu_cash"]) else r["eff_fx_flu_cash"]
+        assert r["n_incr_cash_cash_equ"] == pytest.approx(flows + fx, abs=0.03)
+
+
+def test_income_is_year_to_date():
+    rows = rows_of(generate(stocks=60, days=200, seed=2, start="20240102", restate_share=0.0),
+                   TaskType.INCOME)
+    revenue = defaultdict(dict)
+    for r in rows:
+        revenue[(r["ts_code"], r["end_date"][:4])][r["end_date"]] = r["revenue"]
+    grown = 0
+    for periods in revenue.values():
+        values = [periods[p] for p in sorted(periods)]
+        assert values == sorted(values)
+        grown += len(values) > 1
+    assert grown
+
+
+# --- bad rows --------------------------------------------------------------
+
+def test_injected_bad_rows_are_recorded_and_the_rest_unchanged(batches, bad_batches):
+    assert len(batches) == len(bad_batches)
+    kinds = Counter()
+    total = bad = 0
+    for good, b in zip(batches, bad_batches):
+        assert (good.task_type, good.params) == (b.task_type, b.params)
+        rows, clean_rows = b.row_dicts(), good.row_dicts()
+        assert len(rows) == len(clean_rows)
+        at = {x.index: x for x in b.bad_rows}
+        dataset = DATASETS[b.task_type.value]
+        for i, (row, clean) in enumerate(zip(rows, clean_rows)):
+            if i in at:
+                x = at[i]
+                kinds[x.kind] += 1
+                assert repr(row) == repr(x.row) or (x.column not in row and x.row.get(x.column) is None)
+                assert problems(row, dataset), x  # every injected row is really bad
+                assert repr({k: v for k, v in row.items() if k != x.column}) == \
+                    repr({k: v for k, v in clean.items() if k != x.column})
+            else:
+                assert repr(row) == repr(clean)
+        total += len(rows)
+        bad += len(at)
+    assert set(kinds) == {"bad_number", "missing_ts_code", "bad_date", "bad_ts_code"}
+    assert 0.01 < bad / total < 0.03
+    assert any(b.shape == "dict" for b in bad_batches if b.bad_rows)
+
+
+# --- expected_rows ---------------------------------------------------------
+
+def bar(code, date, close, **extra):
+    return {"ts_code": code, "trade_date": date, "open": close, "high": close, "low": close,
+            "close": close, "pre_close": close, "change": 0.0, "pct_chg": 0.0, "vol": 1.0,
+            "amount": close / 10, **extra}
+
+
+def test_expected_rows_follows_each_version_order():
+    T = TaskType
+    report = {"ts_code": "600000.SH", "ann_date": "20240428", "end_date": "20240331", "report_type": "1",
+              "comp_type": "1", "end_type": "1", "revenue": 1.0}
+    bad = bar("600000.SH", "20240103", 99.0, open="abc")
+    batches = [
+        Batch(T.STOCK_DAILY, [bar("600000.SH", "20240102", 10.0)], {"trade_date": "20240102"}),
+        Batch(T.STOCK_DAILY, [bar("600000.SH", "20240102", 11.0), bad], {"trade_date": "20240102"},
+              (BadRow(1, "bad_number", "open", "abc", bad),)),
+        # a later anchor enqueued first wins over an older one enqueued later
+        Batch(T.DAILY_BAR_QFQ, [bar("600000.SH", "20240102", 5.0, adj_factor=2.0)],
+              {"ts_code": "600000.SH", "end_date": "20240110"}),
+        Batch(T.DAILY_BAR_QFQ, [bar("600000.SH", "20240102", 7.0, adj_factor=2.0)],
+              {"ts_code": "600000.SH", "end_date": "20240105"}),
+        # the correction wins over the original fetched later; NaN becomes NULL
+        Batch(T.INCOME, [{**report, "f_ann_date": "20240520", "update_flag": "1", "revenue": 2.0}],
+              {"period": "20240331"}),
+        Batch(T.INCOME, {k: [v] for k, v in {**report, "f_ann_date": "20240428", "update_flag": "0",
+                                             "basic_eps": float("nan")}.items()}, {"period": "20240331"}),
+        Batch(T.DAILY_BAR_NONE, pa.Table.from_pylist([bar("000001.SZ", "20240102", 9.0, pre_close=float("nan"))]),
+              {"ts_code": "000001.SZ"}),
+    ]
+    out = expected_rows(batches)
+    assert [r["close"] for r in out["stock_daily"].to_pylist()] == [11.0]
+    assert out["stock_daily"].to_pylist()[0]["trade_date"] == dt.date(2024, 1, 2)
+    assert out["stock_daily"].to_pylist()[0]["ah_vol"] is None
+    assert [r["close"] for r in out["daily_bar_qfq"].to_pylist()] == [5.0]
+    income = out["income"].to_pylist()
+    assert len(income) == 1 and income[0]["revenue"] == 2.0 and income[0]["update_flag"] == "1"
+    assert out["daily_bar_none"].to_pylist()[0]["pre_close"] is None
+    assert out["income"].schema.field("end_date").type == pa.date32()
+
+
+def test_expected_rows_of_a_generated_run(bad_batches):
+    out = expected_rows(bad_batches)
+    for task_type in TaskType:
+        dataset = DATASETS[task_type.value]
+        keys = {tuple(r[k] for k in dataset.primary_key)
+                for b in by_type(bad_batches, task_type) for r in good_rows(b)}
+        table = out[task_type.value]
+        assert table.num_rows == len(keys), task_type
+        assert table.column_names == [c.name for c in dataset.columns]
+    # the last stock_basic fetch wins: delisted stocks end up D
+    basic = out["stock_basic"].to_pylist()
+    assert {r["list_status"] for r in basic} == {"L", "D"}
+
+
+# --- produce ---------------------------------------------------------------
+
+def test_produce_enqueues_every_batch_with_rising_fetch_times(tmp_path):
+    config = load_config(write_config(tmp_path))
+    huey, task = build_huey(config)
+    try:
+        batches = list(generate(stocks=20, days=5, seed=1, start="20240603", bad_share=0.05))
+        frozen = dt.datetime(2024, 6, 3, 16, 0, 0)
+        counts = produce(task, batches, clock=lambda: frozen)  # a stalled clock
+        assert sum(c["tasks"] for c in counts.values()) == len(batches) == huey.pending_count()
+        assert counts["stock_daily"]["rows"] == sum(b.rows for b in by_type(batches, TaskType.STOCK_DAILY))
+        assert sum(c["bad_rows"] for c in counts.values()) == sum(len(b.bad_rows) for b in batches)
+        pending = huey.pending()
+        stamps = [t.kwargs["fetched_at"] for t in pending]
+        assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+        first = pending[0]
+        assert first.args[0] is TaskType.STOCK_BASIC and first.kwargs["list_status"] == "L"
+    finally:
+        huey.storage.close()
+
+
+def test_produce_options_match_generate():
+    import inspect
+
+    params = inspect.signature(generate).parameters
+    for flag, name, kind, default, help_text in PRODUCE_OPTIONS:
+        assert flag == "--" + name.replace("_", "-")
+        assert params[name].default == default and isinstance(default, kind) and help_text
