@@ -83,8 +83,6 @@ def dedup(table, dataset):
     if n < 2:
         return table, 0
     pk = list(dataset.primary_key)
-    if table.select(pk).group_by(pk).aggregate([]).num_rows == n:
-        return table, 0
     work = table.append_column("__row", pa.array(range(n), pa.int64()))
     keys = [(c, "ascending", "at_end") for c in pk]
     keys += [(c, "descending", "at_end") for c in dataset.version_order]
@@ -97,6 +95,8 @@ def dedup(table, dataset):
         prev = pa.concat_arrays([pa.nulls(1, col.type), col.slice(0, n - 1)])
         changed = pc.fill_null(pc.not_equal(col, prev), True)
         first = changed if first is None else pc.or_(first, changed)
+    if pc.all(first).as_py():
+        return table, 0
     kept_rows = pc.sort_indices(pc.filter(order, first))
     kept = pc.take(pc.filter(order, first), kept_rows)
     return table.take(kept), n - len(kept)

@@ -111,7 +111,7 @@ def _anchor(dataset, table, params):
 
 
 def _indices(mask):
-    return [i for i, v in enumerate(mask.to_pylist()) if v]
+    return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
 
 
 # --- column conversion ----------------------------------------------------

@@ -4,16 +4,19 @@ Huey's SqliteStorage deletes a task the moment a worker dequeues it, and a
 result the moment it is read without ``peek``. Either would lose rows if the
 stager died before sealing them. ``LeasingSqliteStorage`` adds:
 
-- ``lease(owner)``: move the next task into the ``duckstage_lease`` table, in
-  one exclusive SQLite transaction, instead of deleting it;
-- ``ack(lease_ids)``: delete leases once their rows are sealed (or dead-lettered);
-- ``requeue_orphans(owner)``: at start-up, put leases of earlier (crashed)
-  stager instances back into the queue, so their tasks run again;
+- ``lease(owner)``: record a lease on the next tasks in the ``duckstage_lease``
+  table, in one exclusive SQLite transaction, instead of deleting them; a
+  leased task stays in Huey's ``task`` table (no copy of its data is written)
+  but is no longer handed out or counted as queued;
+- ``ack(lease_ids)``: delete the tasks and their leases once their rows are
+  sealed (or dead-lettered);
+- ``requeue_orphans(owner)``: at start-up, drop the leases of earlier (crashed)
+  stager instances, so their tasks run again;
 - ``scan_results`` / ``delete_results``: read the result store a page at a
   time, by key, and delete only the results the stager has sealed.
 
-Huey's own ``dequeue`` is unchanged, so a producer's consumer that uses this
-storage behaves exactly as with SqliteStorage.
+Huey's own ``dequeue`` skips leased tasks and is otherwise unchanged, so a
+producer's consumer that uses this storage behaves as with SqliteStorage.
 """
 
 import time
@@ -23,51 +26,76 @@ from huey.storage import SqliteStorage
 
 
 class LeasingSqliteStorage(SqliteStorage):
+    """SqliteStorage plus leases. ``synchronous`` overrides ``fsync`` per connection:
+    the stager uses NORMAL (in WAL mode a commit survives a crash of the
+    process; at power loss the last leases and acks may roll back, which only
+    re-runs tasks), producers keep FULL so an enqueued task survives power loss.
+    """
+
     table_lease = (
         "create table if not exists duckstage_lease ("
         "id integer not null primary key autoincrement, queue text not null, "
-        "data blob not null, priority real not null default 0.0, "
-        "owner text not null, leased_at real not null)"
+        "task_id integer not null unique, owner text not null, leased_at real not null)"
     )
     ddl = SqliteStorage.ddl + [table_lease]
+    _free = "queue = ? and id not in (select task_id from duckstage_lease)"
 
-    def lease(self, owner):
-        """Lease the next task: return ``(lease_id, data)``, or None if the queue is empty."""
-        if not self.sql("select 1 from task where queue = ? limit 1", (self.name,), results=True):
-            return None
+    def __init__(self, *args, synchronous=None, **kwargs):
+        self._synchronous = synchronous
+        super().__init__(*args, **kwargs)
+
+    def _create_connection(self):
+        conn = super()._create_connection()
+        if self._synchronous:
+            conn.execute("pragma synchronous=%s" % self._synchronous)
+        return conn
+
+    def lease(self, owner, limit=1):
+        """Lease up to ``limit`` tasks in one transaction: a list of ``(lease_id, data)``."""
+        if not self.sql(f"select 1 from task where {self._free} limit 1", (self.name,), results=True):
+            return []
+        leased = []
         with self.db(commit=True) as curs:
-            curs.execute(
-                "select id, data, priority from task where queue = ? "
-                "order by priority desc, id limit 1", (self.name,))
-            row = curs.fetchone()
-            if row is None:
-                return None
-            tid, data, priority = row
-            curs.execute(
-                "insert into duckstage_lease (queue, data, priority, owner, leased_at) "
-                "values (?, ?, ?, ?, ?)", (self.name, data, priority, owner, time.time()))
-            lease_id = curs.lastrowid
-            curs.execute("delete from task where id = ?", (tid,))
-            return lease_id, data
+            curs.execute(f"select id, data from task where {self._free} "
+                         "order by priority desc, id limit ?", (self.name, limit))
+            now = time.time()
+            for tid, data in curs.fetchall():
+                curs.execute("insert into duckstage_lease (queue, task_id, owner, leased_at) "
+                             "values (?, ?, ?, ?)", (self.name, tid, owner, now))
+                leased.append((curs.lastrowid, data))
+        return leased
 
     def ack(self, lease_ids):
         lease_ids = list(lease_ids)
         for i in range(0, len(lease_ids), 500):
             chunk = lease_ids[i:i + 500]
-            self.sql("delete from duckstage_lease where id in (%s)" % ",".join("?" * len(chunk)),
-                     chunk, commit=True)
+            marks = ",".join("?" * len(chunk))
+            with self.db(commit=True) as curs:
+                curs.execute(f"delete from task where id in (select task_id from duckstage_lease "
+                             f"where id in ({marks}))", chunk)
+                curs.execute(f"delete from duckstage_lease where id in ({marks})", chunk)
 
     def requeue_orphans(self, owner):
-        """Return leases not held by ``owner`` to the queue; the count moved."""
+        """Release leases not held by ``owner``, so their tasks run again; the count released."""
         with self.db(commit=True) as curs:
-            curs.execute(
-                "insert into task (queue, data, priority) select queue, data, priority "
-                "from duckstage_lease where queue = ? and owner != ? order by id",
-                (self.name, owner))
-            moved = curs.rowcount
-            curs.execute("delete from duckstage_lease where queue = ? and owner != ?",
-                         (self.name, owner))
-            return moved
+            curs.execute("delete from duckstage_lease where queue = ? and owner != ?", (self.name, owner))
+            return curs.rowcount
+
+    def dequeue(self):
+        # Huey's dequeue, minus tasks the stager holds a lease on.
+        if not self.sql(f"select 1 from task where {self._free} limit 1", (self.name,), results=True):
+            return None
+        with self.db(commit=True) as curs:
+            curs.execute(f"select id, data from task where {self._free} "
+                         "order by priority desc, id limit 1", (self.name,))
+            row = curs.fetchone()
+            if row is not None:
+                curs.execute("delete from task where id = ?", (row[0],))
+                return row[1]
+        return None
+
+    def queue_size(self):
+        return self.sql(f"select count(id) from task where {self._free}", (self.name,), results=True)[0][0]
 
     def lease_count(self):
         return self.sql("select count(*) from duckstage_lease where queue = ?",
@@ -87,7 +115,7 @@ class LeasingSqliteStorage(SqliteStorage):
                      (self.name, *chunk), commit=True)
 
 
-def build_storage_huey(huey_config):
+def build_storage_huey(huey_config, synchronous=None):
     """A Huey instance on the leasing SQLite storage described by ``huey_config``."""
     huey_config.path.parent.mkdir(parents=True, exist_ok=True)
     return Huey(
@@ -95,5 +123,6 @@ def build_storage_huey(huey_config):
         storage_class=LeasingSqliteStorage,
         filename=str(huey_config.path),
         fsync=huey_config.fsync,
+        synchronous=synchronous,
         utc=True,
     )

@@ -36,7 +36,7 @@ class Stager:
         self.clock = clock
         self.fsync = fsync or os.fsync
         self.instance = secrets.token_hex(4)
-        self.huey, _ = build_huey(config)
+        self.huey, _ = build_huey(config, synchronous="NORMAL" if config.huey.fsync else None)
         source_class = QueueSource if config.stager.run_huey_consumer else ResultSource
         self.source = source_class(self.huey, self.instance)
         self.deadletter = DeadLetter(config.deadletter_dir, self.instance, self.fsync)
@@ -90,6 +90,8 @@ class Stager:
         for t in self._threads:
             if t.name.startswith("worker"):
                 t.join(max(0.0, deadline - time.monotonic()))
+        while self.source.pending() and time.monotonic() < deadline:
+            self.stage_next()  # leased with a batch: in flight, so finished too
         sealed = self.seal_all(deadline=deadline)
         self._halt.set()
         for t in self._threads:

@@ -33,21 +33,26 @@ class Claim:
 
 class QueueSource:
     kind = "queue"
+    LEASE_BATCH = 8  # tasks leased per SQLite transaction
 
     def __init__(self, huey, instance):
         self.huey = huey
         self.storage = huey.storage
         self.instance = instance
+        self._lock = threading.Lock()
+        self._leased = []  # leased, not yet handed out: staged before shutdown completes
 
     def recover(self):
         """Put tasks leased by earlier instances back in the queue."""
         return self.storage.requeue_orphans(self.instance)
 
     def claim(self):
-        leased = self.storage.lease(self.instance)
-        if leased is None:
-            return None
-        lease_id, data = leased
+        with self._lock:
+            if not self._leased:
+                self._leased = self.storage.lease(self.instance, self.LEASE_BATCH)[::-1]
+            if not self._leased:
+                return None
+            lease_id, data = self._leased.pop()
         try:
             task = self.huey.deserialize_task(data)
         except (HueyException, pickle.UnpicklingError, AttributeError, ImportError, EOFError,
@@ -66,6 +71,10 @@ class QueueSource:
         if not isinstance(result, TaskResult):
             result = self._foreign(data, f"{TASK_NAME} returned {type(result).__name__}", task.id)
         return Claim(result, lease_id)
+
+    def pending(self):
+        """Tasks leased in a batch but not handed out yet."""
+        return len(self._leased)
 
     def _foreign(self, data, reason, task_id=None):
         log.error("dead-lettering a queue entry the stager cannot run: %s", reason)
@@ -96,6 +105,9 @@ class ResultSource:
 
     def recover(self):
         return 0  # unacknowledged results are still in the store: nothing to move
+
+    def pending(self):
+        return 0  # an unclaimed result stays in the store: nothing to finish
 
     def claim(self):
         with self._lock:

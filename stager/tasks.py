@@ -50,20 +50,32 @@ _process_fetched_data.__name__ = TASK_NAME
 _process_fetched_data.__qualname__ = TASK_NAME
 
 
-def build_huey(config):
+def build_huey(config, synchronous=None):
     """The Huey instance for ``config`` with ``process_fetched_data`` registered.
 
-    Returns ``(huey, task_wrapper)``.
+    Returns ``(huey, task_wrapper)``. ``synchronous`` (e.g. "NORMAL") is for the
+    stager's own connection; producers keep the configured fsync.
     """
-    huey = build_storage_huey(config.huey)
+    huey = build_storage_huey(config.huey, synchronous)
     wrapper = huey.task(context=True, name=TASK_NAME)(_process_fetched_data)
 
     @huey.signal(SIGNAL_ENQUEUED)
-    def _stamp_fetch_time(signal, task, *args, **kwargs):
+    def _prepare_for_queue(signal, task, *args, **kwargs):
+        if task.name != TASK_NAME:
+            return
         # The fetch time orders versions of a row: take it at enqueue, when
         # the producer has just fetched, not when a worker gets to the task.
-        if task.name == TASK_NAME:
-            task.kwargs.setdefault(FETCHED_AT_PARAM, utcnow().isoformat())
+        task.kwargs.setdefault(FETCHED_AT_PARAM, utcnow().isoformat())
+        # Convert the rows to Arrow in the producer's process: the queue then
+        # holds a compact columnar table that unpickles ~50x faster than row
+        # dicts, and a pandas DataFrame never has to be unpickled (pandas is
+        # not a dependency of the stager). Data that does not convert as a
+        # whole is queued as it came; the stager finds its bad rows.
+        if len(task.args) >= 2:
+            try:
+                task.args = (task.args[0], to_rows(task.args[1]), *task.args[2:])
+            except TypeError:
+                pass
 
     return huey, wrapper
 

@@ -1,0 +1,115 @@
+"""The stager as a real subprocess: signals, restarts, the age timer and kill -9."""
+
+import json
+import random
+import signal
+import time
+
+import pyarrow.parquet as pq
+
+from stager import TaskType, staging
+from stager.tasks import build_huey
+from tests.conftest import wait_for
+from tests.stager.helpers import daily_rows, deadletters, staged_keys, staged_paths
+
+
+def queue_state(config):
+    huey, _ = build_huey(config)
+    try:
+        return huey.storage.queue_size(), huey.storage.lease_count()
+    finally:
+        huey.storage.close()
+
+
+def wait_running(config, proc):
+    """Until the stager reports itself running (its signal handlers are installed by then)."""
+    def running():
+        try:
+            status = json.loads((config.run_dir / "stager.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return status["pid"] == proc.proc.pid and status["state"] == "running"
+    wait_for(running, timeout=30, message="stager running")
+
+
+def test_sigterm_seals_partly_filled_buffers_and_a_restart_restages_nothing(make_config, producer, spawn):
+    path, config = make_config(stager={"batch_size": 1000, "batch_timeout": 300})
+    enqueue = producer(config)
+    enqueue(TaskType.STOCK_DAILY, daily_rows(3))
+    enqueue(TaskType.STOCK_BASIC, [dict(ts_code="600000.SH", symbol="600000", name="浦发银行")])
+    enqueue(TaskType.INCOME, [dict(ts_code="600000.SH", end_date="20231231", report_type="1")])
+    proc = spawn("stager", path, "run")
+    wait_for(lambda: queue_state(config) == (0, 3), message="all three tasks leased and buffered")
+    assert staged_paths(config) == []  # nothing is due yet: rows are only in buffers
+    started = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, proc.log()
+    assert time.monotonic() - started < 10
+    assert {p.parent.name for p in staged_paths(config)} == {"stock_daily", "stock_basic", "income"}
+    assert queue_state(config) == (0, 0)
+    files = sorted(staged_paths(config))
+
+    again = spawn("stager", path, "run")
+    wait_running(config, again)
+    time.sleep(1.5)
+    again.signal(signal.SIGINT)
+    assert again.wait(30) == 0, again.log()
+    assert sorted(staged_paths(config)) == files
+
+
+def test_age_trigger_in_a_running_stager(make_config, producer, spawn):
+    path, config = make_config(stager={"batch_timeout": 1.0, "batch_size": 1000})
+    enqueue = producer(config)
+    proc = spawn("stager", path, "run")
+    wait_running(config, proc)
+    enqueued = time.monotonic()
+    enqueue(TaskType.STOCK_BASIC, [dict(ts_code="600000.SH", symbol="600000", name="浦发银行")])
+    wait_for(lambda: staged_paths(config, "stock_basic"), timeout=10, interval=0.02, message="the lone row sealed")
+    elapsed = time.monotonic() - enqueued
+    assert 0.9 <= elapsed < 1.0 + 1.5, elapsed
+    assert proc.stop() == 0
+
+
+def test_kill_9_at_random_moments_loses_nothing(make_config, producer, spawn):
+    """Tasks keep arriving while the stager is killed at random moments: while it
+    starts, claims, cleans, buffers, writes or acknowledges."""
+    rng = random.Random(7)
+    path, config = make_config(stager={"batch_size": 130, "batch_timeout": 1.5, "worker_threads": 3,
+                                       "queue_check_interval": 0.02})
+    enqueue = producer(config)
+    expected, bad, task_no = set(), 0, 0
+
+    def enqueue_some(n):
+        nonlocal bad, task_no
+        for _ in range(n):
+            i = task_no
+            task_no += 1
+            rows = daily_rows(25, day=f"2024{1 + i // 28 % 12:02d}{1 + i % 28:02d}", start=25 * (i // 336))
+            if i % 17 == 0:
+                rows[3]["close"] = "abc"
+                bad += 1
+            task_type = TaskType.STOCK_DAILY if i % 3 else TaskType.DAILY_BAR_NONE
+            enqueue(task_type, rows)
+            expected.update((task_type.value, r["ts_code"], r["trade_date"]) for r in rows if r["close"] != "abc")
+
+    for _ in range(8):
+        enqueue_some(60)
+        proc = spawn("stager", path, "run")
+        time.sleep(rng.uniform(0.3, 1.6))  # start-up takes ~0.5 s: some kills land in it
+        proc.kill9()
+    final = spawn("stager", path, "run")
+    wait_running(config, final)
+    wait_for(lambda: queue_state(config) == (0, 0), timeout=60, message="queue drained")
+    assert final.stop() == 0, final.log()
+
+    staged = set()
+    for task_type in ("stock_daily", "daily_bar_none"):
+        for p in staged_paths(config, task_type):
+            table = pq.read_table(p)  # every sealed file is complete
+            assert int(staging.read_footer(p)["row_count"]) == table.num_rows
+            staged |= {(task_type, r["ts_code"], r["trade_date"].strftime("%Y%m%d")) for r in table.to_pylist()}
+    assert staged == expected  # none missing, nothing invented
+    refused = {(r["task_type"], r["row"]["ts_code"], r["row"]["trade_date"]) for r in deadletters(config)}
+    assert len(refused) == bad and all(r["reason"].startswith("close: 'abc'") for r in deadletters(config))
+    leftovers = [p for p in config.staging_dir.rglob("*") if staging.is_temporary(p)]
+    assert leftovers == []
