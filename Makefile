@@ -1,0 +1,29 @@
+# Two commands for a fresh clone (README): `make demo` and `make test`.
+# Both create .venv and install duckstage with its pinned dependencies first.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+
+.PHONY: demo test soak bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed  ## the main job end to end on the embedded defaults, with synthetic data
+	$(PY) -m stager.demo $(DEMO_ARGS)
+
+test: $(VENV)/.installed  ## the default test run (slow soak and benchmarks excluded)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+soak: $(VENV)/.installed  ## the slow soak tests
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed  ## print throughput and memory figures
+	$(PY) benchmarks/bench_stager.py
+	$(PY) benchmarks/bench_loader.py
+
+clean:
+	rm -rf $(VENV) data/huey.db* data/staging data/archive data/quarantine data/deadletter data/run data/warehouse.duckdb*
