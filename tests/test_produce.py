@@ -455,3 +455,41 @@ def test_produce_options_match_generate():
     for flag, name, kind, default, help_text in PRODUCE_OPTIONS:
         assert flag == "--" + name.replace("_", "-")
         assert params[name].default == default and isinstance(default, kind) and help_text
+
+
+# --- the real-downloader template ------------------------------------------
+
+def test_tushare_template_imports_without_tushare_and_passes_request_params():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "tushare_producer.py"
+    spec = importlib.util.spec_from_file_location("tushare_producer_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # tushare is not installed here: the import must not need it
+    assert importlib.util.find_spec("tushare") is None or "tushare" not in sys.modules
+
+    calls = []
+
+    class Pro:  # stands in for the network, returning what the API would
+        def daily(self, trade_date, fields):
+            assert fields.split(",") == list(FIELDS[TaskType.STOCK_DAILY])
+            return [{"ts_code": "600000.SH", "trade_date": trade_date}]
+
+    class Ts:
+        @staticmethod
+        def pro_bar(api, adj, freq, asset, ts_code, start_date, end_date, adjfactor=False):
+            return None if ts_code.startswith("8") else [{"ts_code": ts_code, "adj": adj}]
+
+    module.PAUSE = 0
+    enqueue = lambda task_type, data, **params: calls.append((task_type, params))  # noqa: E731
+    module.fetch_daily(Pro(), enqueue, "20240102")
+    module.fetch_bars(Ts, Pro(), enqueue, "600000.SH", "20240102", "20240131")
+    module.fetch_bars(Ts, Pro(), enqueue, "830000.BJ", "20240102", "20240131")  # pro_bar -> None
+    assert calls == [
+        (TaskType.STOCK_DAILY, {"trade_date": "20240102"}),
+        (TaskType.DAILY_BAR_QFQ, {"adj": "qfq", "adjfactor": True, "ts_code": "600000.SH",
+                                  "start_date": "20240102", "end_date": "20240131"}),
+        (TaskType.DAILY_BAR_NONE, {"ts_code": "600000.SH", "start_date": "20240102", "end_date": "20240131"}),
+    ]
