@@ -91,5 +91,27 @@ def status(config_path, as_json):
         render(report)
 
 
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.pass_obj
+def requeue(config_path, paths):
+    """Enqueue dead-lettered rows again after a fix (datasets.yaml or the rows themselves).
+
+    Each file moves to replayed/ beside it. Rows still bad return to the dead letter.
+    Example: stager requeue data/deadletter/income/income-20241129-1a2b3c4d.jsonl
+    """
+    from .deadletter import requeue as requeue_file
+    from .tasks import build_huey
+
+    config = load_or_exit(config_path)
+    huey, enqueue = build_huey(config)
+    try:
+        for path in paths:
+            tasks, rows = requeue_file(path, enqueue)
+            click.echo(f"{path}: {rows} row(s) enqueued again as {tasks} task(s)")
+    finally:
+        huey.storage.close()
+
+
 if __name__ == "__main__":
     main()

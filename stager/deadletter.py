@@ -70,8 +70,10 @@ class DeadLetter:
 
 
 def read_records(folder):
-    """Every dead-letter record under ``folder`` (for status, tests and replay)."""
+    """Every dead-letter record under ``folder`` not yet requeued (for status, tests and replay)."""
     for path in sorted(Path(folder).rglob("*.jsonl")):
+        if "replayed" in path.relative_to(folder).parts:
+            continue
         with open(path, encoding="utf-8") as f:
             for line in f:
                 if not line.strip():
@@ -82,3 +84,35 @@ def read_records(folder):
                     # A line cut short by a crash: its task was not acknowledged,
                     # ran again, and its rows were written again in full.
                     continue
+
+
+def requeue(path, enqueue, done_folder=None):
+    """Enqueue the rows of a dead-letter file again, after a fix; return (tasks, rows).
+
+    Rows are grouped back into one task per original task id and task type,
+    with the original request parameters. The file then moves to
+    ``replayed/`` beside it, so it is not requeued twice by mistake. Rows that
+    are still bad come back to the dead letter with their reason.
+    """
+    path = Path(path)
+    groups = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # cut short by a crash; written again in full by the re-run
+            key = (rec.get("task_type") or "", rec.get("task_id"))
+            group = groups.setdefault(key, {"params": rec.get("params") or {}, "rows": []})
+            group["rows"].append(rec.get("row") or {})
+    rows = 0
+    for (task_type, _task_id), group in groups.items():
+        params = {k: v for k, v in group["params"].items() if k not in ("task_type", "data")}
+        enqueue(task_type, group["rows"], **params)
+        rows += len(group["rows"])
+    done = Path(done_folder) if done_folder else path.parent / "replayed"
+    done.mkdir(parents=True, exist_ok=True)
+    os.replace(path, done / path.name)
+    return len(groups), rows

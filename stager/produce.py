@@ -68,6 +68,7 @@ DATASETS_PATH = Path(__file__).resolve().parent.parent / "config" / "datasets.ya
 NAN = float("nan")
 # standard normal quantiles: a table draw is ~5x cheaper than random.gauss
 _Z = [statistics.NormalDist().inv_cdf((i + 0.5) / 4096) for i in range(4096)]
+_HALF_Z = [abs(z) for z in _Z]
 
 # ---------------------------------------------------------------------------
 # Fields a downloader requests (fields=...), in Tushare's order.
@@ -771,7 +772,7 @@ def _step_day(rng, universe, di, day):
     year = int(day[:4])
     month = int(day[4:6])
     hazard = 0.75 / 85 if 5 <= month <= 8 else 0.08 / 160
-    rand, bits, z, exp = rng.random, rng.getrandbits, _Z, math.exp
+    rand, bits, z, hz, exp = rng.random, rng.getrandbits, _Z, _HALF_Z, math.exp
     rows = []
     append = rows.append
     for s in universe:
@@ -797,18 +798,19 @@ def _step_day(rng, universe, di, day):
         up = int(pre * (1 + lim) + 0.5)
         dn = int(pre * (1 - lim) + 0.5) or 1
         sig = s.sigma
-        ret = 0.0003 + sig * z[bits(12)]
+        r = bits(60)  # five 12-bit draws from the normal table
+        ret = 0.0003 + sig * z[r & 4095]
         c = int(pre * (1 + ret) + 0.5)
         c = up if c > up else dn if c < dn else c
-        o = int(pre * (1 + 0.4 * sig * z[bits(12)]) + 0.5)
+        o = int(pre * (1 + 0.4 * sig * z[(r >> 12) & 4095]) + 0.5)
         o = up if o > up else dn if o < dn else o
-        hi = int((o if o > c else c) * (1 + 0.5 * sig * abs(z[bits(12)])) + 0.5)
+        hi = int((o if o > c else c) * (1 + 0.5 * sig * hz[(r >> 24) & 4095]) + 0.5)
         if hi > up:
             hi = up
-        lo = int((c if o > c else o) * (1 - 0.5 * sig * abs(z[bits(12)])) + 0.5)
+        lo = int((c if o > c else o) * (1 - 0.5 * sig * hz[(r >> 36) & 4095]) + 0.5)
         if lo < dn:
             lo = dn
-        vol = int(s.vol_base * exp(0.35 * z[bits(12)] + 8.0 * abs(ret)))  # 0.01 lot
+        vol = int(s.vol_base * exp(0.35 * z[r >> 48] + 8.0 * (ret if ret > 0 else -ret)))  # 0.01 lot
         # thousand CNY = vwap (fen) / 100 * vol (0.01 lot = shares) / 1000, to 3 dp
         amount = int((lo + (hi - lo) * (0.3 + 0.4 * rand())) * vol / 100 + 0.5) / 1000
         x = (c - pre) * 1e6 / pre
@@ -849,45 +851,52 @@ def _bar_params(s, cal, start_i, end_date, qfq):
     return params
 
 
+def _window(s, start_i, end_i):
+    """History rows start_i..end_i-1 as 9-tuples, oldest first."""
+    it = iter(s.hist[start_i * _W:end_i * _W])
+    return zip(it, it, it, it, it, it, it, it, it)
+
+
 def _qfq_rows(s, cal, start_i, end_i):
     """pro_bar(adj='qfq', adjfactor=True): newest first, anchored at the window's last row.
 
     price * adj_factor / adj_factor(anchor), to 2 dp; change recomputed from the
     rounded prices and left unrounded, pct_chg to 2 dp, as the SDK does.
     """
-    code, hist = s.code, s.hist
-    anchor = hist[end_i * _W - 1]
+    code = s.code
+    anchor = s.hist[end_i * _W - 1]
     rows = []
     append = rows.append
-    for j in range((end_i - 1) * _W, start_i * _W - 1, -_W):
-        di, o, h, l, c, p, v, a, f = hist[j:j + _W]
+    for di, o, h, l, c, p, v, a, f in _window(s, start_i, end_i):
         k = f / anchor
         close, pre = int(c * k + 0.5) / 100, int(p * k + 0.5) / 100
         change = close - pre
+        x = change / pre * 10000
         append({"ts_code": code, "trade_date": cal[int(di)], "open": int(o * k + 0.5) / 100,
                 "high": int(h * k + 0.5) / 100, "low": int(l * k + 0.5) / 100, "close": close,
-                "pre_close": pre, "change": change, "pct_chg": round(change / pre * 100, 2),
+                "pre_close": pre, "change": change, "pct_chg": int(x + 0.5 if x >= 0 else x - 0.5) / 100,
                 "vol": v / 100, "amount": a, "adj_factor": f})
+    rows.reverse()
     return rows
 
 
 def _none_rows(s, cal, start_i, end_i):
     """pro_bar(adj=None), SDK >= 1.4.8: pre_close is the previous row's close, NaN on the oldest."""
-    code, hist = s.code, s.hist
+    code = s.code
     rows = []
     append = rows.append
-    for j in range((end_i - 1) * _W, start_i * _W - 1, -_W):
-        di, o, h, l, c, p, v, a, f = hist[j:j + _W]
+    pre = change = pct = NAN
+    for di, o, h, l, c, p, v, a, f in _window(s, start_i, end_i):
         close = c / 100
-        if j > start_i * _W:
-            pre = hist[j - _W + 4] / 100
+        if pre == pre:
             change = close - pre
-            pct = round(change / pre * 100, 2)
-        else:
-            pre = change = pct = NAN
+            x = change / pre * 10000
+            pct = int(x + 0.5 if x >= 0 else x - 0.5) / 100
         append({"ts_code": code, "trade_date": cal[int(di)], "open": o / 100, "high": h / 100,
                 "low": l / 100, "close": close, "pre_close": pre, "change": change, "pct_chg": pct,
                 "vol": v / 100, "amount": a})
+        pre = close
+    rows.reverse()
     return rows
 
 

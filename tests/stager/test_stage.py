@@ -336,3 +336,28 @@ def test_results_are_read_a_page_at_a_time(make_config):
     assert seen == 450
     stager.seal_all()
     assert len(staged_keys(config)) == 450 and stager.huey.storage.result_store_size() == 0
+
+
+def test_dead_letter_rows_can_be_requeued_after_a_fix(make_config, producer, tmp_path):
+    import subprocess
+    import sys
+
+    path, config = make_config()
+    enqueue = producer(config)
+    rows = daily_rows(3)
+    rows[1]["close"] = "10,5"  # a decimal comma: fixed by hand in the dead letter below
+    enqueue(TaskType.STOCK_DAILY, rows, trade_date="20240102")
+    stager = Stager(config)
+    stager.prepare()
+    drain(stager)
+    [dl_file] = list((config.deadletter_dir / "stock_daily").glob("*.jsonl"))
+    dl_file.write_text(dl_file.read_text().replace('"10,5"', '"10.5"'))
+    out = subprocess.run([sys.executable, "-m", "stager", "--config", str(path), "requeue", str(dl_file)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "1 row(s) enqueued again as 1 task(s)" in out.stdout
+    assert not dl_file.exists() and (dl_file.parent / "replayed" / dl_file.name).exists()
+    drain(stager)
+    stager.seal_all()
+    got = {r["ts_code"]: r for r in staged_rows(config, "stock_daily")}
+    assert got[rows[1]["ts_code"]]["close"] == 10.5 and len(got) == 3
