@@ -67,7 +67,9 @@ def run(config_path):
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    stager = Stager(config).start()
+    stager = Stager(config)
+    signal.signal(signal.SIGHUP, lambda *_: stager.reload_requested.set())
+    stager.start()
     stop.wait()
     clean = stager.stop()
     sys.exit(0 if clean else 1)

@@ -289,3 +289,67 @@ def live_keys():
         elif rules.live:
             names.append(section)
     return names
+
+
+def _flatten(raw, spec, prefix=""):
+    out = {}
+    for key, rule in spec.items():
+        if isinstance(rule, dict):
+            out.update(_flatten(raw.get(key, {}), rule, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = raw.get(key)
+    return out
+
+
+def reload_config(current):
+    """Re-read ``current.source`` for a running process.
+
+    Returns ``(config, restart_keys)``: ``config`` carries the new values of
+    the live keys and the current values of every other key; ``restart_keys``
+    names the changed keys that only take effect after a restart. Raises
+    ConfigError for an invalid file: the caller keeps ``current``.
+    """
+    if current.source.startswith("<"):
+        return current, []
+    new = load_config(current.source)
+    old_raw = _flatten(_as_mapping(current), SPEC)
+    new_raw = _flatten(_as_mapping(new), SPEC)
+    restart = sorted(k for k in new_raw if new_raw[k] != old_raw[k] and not _rule(k).live)
+    if new.datasets.source != current.datasets.source or _datasets_changed(current, new):
+        restart.append("datasets (file contents)")
+    merged = replace(
+        current,
+        log_level=new.log_level,
+        stager=replace(current.stager, batch=new.stager.batch, task_types=new.stager.task_types,
+                       queue_check_interval=new.stager.queue_check_interval,
+                       status_interval=new.stager.status_interval),
+        loader=replace(new.loader, database=current.loader.database),
+    )
+    return merged, restart
+
+
+def _rule(dotted):
+    rule = SPEC
+    for part in dotted.split("."):
+        rule = rule[part]
+    return rule
+
+
+def _datasets_changed(a, b):
+    return [(d.name, d.columns, d.primary_key, d.version_order) for d in a.datasets] != \
+        [(d.name, d.columns, d.primary_key, d.version_order) for d in b.datasets]
+
+
+def _as_mapping(config):
+    """The validated values of ``config`` keyed like the YAML file (for comparisons)."""
+    s, lo, h = config.stager, config.loader, config.huey
+    return {
+        "data_dir": str(config.data_dir), "datasets": config.datasets.source, "log_level": config.log_level,
+        "huey": {"backend": h.backend, "name": h.name, "path": str(h.path), "fsync": h.fsync},
+        "stager": {"worker_threads": s.worker_threads, "batch_size": s.batch.batch_size,
+                   "batch_bytes": s.batch.batch_bytes, "batch_timeout": s.batch.batch_timeout,
+                   "queue_check_interval": s.queue_check_interval, "run_huey_consumer": s.run_huey_consumer,
+                   "shutdown_timeout": s.shutdown_timeout, "status_interval": s.status_interval,
+                   "task_types": {k: vars(v) for k, v in s.task_types.items()}},
+        "loader": {k: (str(v) if k == "database" else v) for k, v in vars(lo).items()},
+    }

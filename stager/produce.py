@@ -871,10 +871,9 @@ def _qfq_rows(s, cal, start_i, end_i):
         k = f / anchor
         close, pre = int(c * k + 0.5) / 100, int(p * k + 0.5) / 100
         change = close - pre
-        x = change / pre * 10000
         append({"ts_code": code, "trade_date": cal[int(di)], "open": int(o * k + 0.5) / 100,
                 "high": int(h * k + 0.5) / 100, "low": int(l * k + 0.5) / 100, "close": close,
-                "pre_close": pre, "change": change, "pct_chg": int(x + 0.5 if x >= 0 else x - 0.5) / 100,
+                "pre_close": pre, "change": change, "pct_chg": round(change / pre * 100, 2),
                 "vol": v / 100, "amount": a, "adj_factor": f})
     rows.reverse()
     return rows
@@ -890,8 +889,7 @@ def _none_rows(s, cal, start_i, end_i):
         close = c / 100
         if pre == pre:
             change = close - pre
-            x = change / pre * 10000
-            pct = int(x + 0.5 if x >= 0 else x - 0.5) / 100
+            pct = round(change / pre * 100, 2)  # the SDK's '%.2f' formatting
         append({"ts_code": code, "trade_date": cal[int(di)], "open": o / 100, "high": h / 100,
                 "low": l / 100, "close": close, "pre_close": pre, "change": change, "pct_chg": pct,
                 "vol": v / 100, "amount": a})

@@ -23,7 +23,8 @@ from .backoff import Backoff
 from .buffer import Buffer, dedup
 from .clean import clean
 from .deadletter import DeadLetter
-from .exceptions import ResourceError
+from .config import reload_config
+from .exceptions import ConfigError, ResourceError
 from .sources import QueueSource, ResultSource
 from .tasks import build_huey
 
@@ -56,6 +57,9 @@ class Stager:
         self.state = "new"
         self.seal_backoff = Backoff(0.5, 2.0, 30.0)
         self.sealing_error = None  # the last seal failure, until a seal succeeds
+        self.reload_requested = threading.Event()  # SIGHUP sets it
+        self._config_mtime = self._mtime()
+        self.config_error = None  # the last refused edit of the config file
 
     # --- lifecycle --------------------------------------------------------
 
@@ -148,6 +152,7 @@ class Stager:
         while not self._halt.is_set():
             self._thread_state[name] = "working"
             try:
+                self.check_config()
                 self.write_status()
             except OSError as exc:
                 self._error("system_resource")
@@ -299,6 +304,36 @@ class Stager:
                 total = sum(c["rows_staged"] for c in self.stats.values())
                 self._rate.append((self.clock(), total))
 
+    # --- live configuration -----------------------------------------------
+
+    def _mtime(self):
+        try:
+            return os.stat(self.config.source).st_mtime_ns
+        except (OSError, ValueError):
+            return None
+
+    def check_config(self):
+        """Apply live values if the config file changed or SIGHUP asked; return True if applied."""
+        mtime = self._mtime()
+        if mtime == self._config_mtime and not self.reload_requested.is_set():
+            return False
+        self.reload_requested.clear()
+        self._config_mtime = mtime
+        try:
+            new, restart = reload_config(self.config)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            log.error("configuration edit refused, keeping the running values: %s", exc)
+            return False
+        self.config_error = None
+        self.config = new
+        logging.getLogger("duckstage").setLevel(new.log_level)
+        logging.getLogger().setLevel(new.log_level)
+        log.info("configuration reloaded from %s", new.source)
+        if restart:
+            log.warning("changed key(s) that need a restart to take effect: %s", ", ".join(restart))
+        return True
+
     # --- status -----------------------------------------------------------
 
     def get_status(self):
@@ -338,6 +373,8 @@ class Stager:
             "errors": dict(self.errors),
             "threads": dict(self._thread_state),
             "sealing_error": self.sealing_error,
+            "config_error": self.config_error,
+            "batch": {name: vars(self.config.stager.batch_for(name)) for name in self.buffers},
         }
 
     def write_status(self):

@@ -113,3 +113,26 @@ def test_kill_9_at_random_moments_loses_nothing(make_config, producer, spawn):
     assert len(refused) == bad and all(r["reason"].startswith("close: 'abc'") for r in deadletters(config))
     leftovers = [p for p in config.staging_dir.rglob("*") if staging.is_temporary(p)]
     assert leftovers == []
+
+
+def test_live_config_edit_is_applied_and_a_bad_edit_refused(make_config, producer, spawn):
+    path, config = make_config(stager={"batch_size": 1000, "batch_timeout": 300, "status_interval": 0.2,
+                                       "worker_threads": 4})
+    proc = spawn("stager", path, "run")
+    wait_running(config, proc)
+
+    def status():
+        return json.loads((config.run_dir / "stager.json").read_text())
+
+    text = path.read_text()
+    path.write_text(text.replace("batch_size: 1000", "batch_size: 3").replace("worker_threads: 4", "worker_threads: 2"))
+    wait_for(lambda: status()["batch"]["stock_daily"]["batch_size"] == 3, message="batch_size applied live")
+    producer(config)(TaskType.STOCK_DAILY, daily_rows(3))
+    wait_for(lambda: staged_paths(config, "stock_daily"), message="sealed by the new batch_size")
+
+    path.write_text(path.read_text().replace("batch_size: 3", "batch_size: lots"))
+    wait_for(lambda: status()["config_error"], message="bad edit reported")
+    assert "stager.batch_size" in status()["config_error"]
+    assert status()["batch"]["stock_daily"]["batch_size"] == 3  # old values stay
+    assert proc.stop() == 0
+    assert "need a restart to take effect: stager.worker_threads" in proc.log()
