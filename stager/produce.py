@@ -949,21 +949,34 @@ def expected_rows(batches, datasets=None):
     from .datasets import load_datasets
 
     datasets = datasets or load_datasets(DATASETS_PATH)
-    parts = defaultdict(list)
+    parts = defaultdict(list)  # task type -> cleaned tables of ~16k rows (pending dicts are what costs memory)
+    pending = defaultdict(lambda: ([], [], []))  # task type -> rows, their batch position, their anchor
+
+    def flush(name):
+        rows, seqs, anchors = pending.pop(name)
+        table = clean(rows, datasets[name]).append_column("_seq", pa.array(seqs, pa.int64()))
+        if datasets[name].anchor_param:
+            table = table.append_column("_anchor", pa.array(anchors, pa.date32()))
+        parts[name].append(table)
+
     for seq, batch in enumerate(batches):
         ds = datasets[TaskType(batch.task_type).value]
         bad = {b.index for b in batch.bad_rows}
         rows = [r for i, r in enumerate(batch.row_dicts()) if i not in bad]
         if not rows:
             continue
-        table = clean(rows, ds)
-        n = table.num_rows
-        table = table.append_column("_seq", pa.array([seq] * n, pa.int64()))
+        anchor = None
         if ds.anchor_param:
-            raw = batch.params.get(ds.anchor_param)
-            anchor = _date(raw) if raw else pc.max(table[ds.anchor_column]).as_py()
-            table = table.append_column("_anchor", pa.array([anchor] * n, pa.date32()))
-        parts[ds.name].append(table)
+            raw = batch.params.get(ds.anchor_param) or max(r[ds.anchor_column] for r in rows)
+            anchor = _date(raw)
+        buf_rows, buf_seqs, buf_anchors = pending[ds.name]
+        buf_rows.extend(rows)
+        buf_seqs.extend([seq] * len(rows))
+        buf_anchors.extend([anchor] * len(rows))
+        if len(buf_rows) >= 16384:
+            flush(ds.name)
+    for name in list(pending):
+        flush(name)
     out = {}
     con = duckdb.connect()
     try:
