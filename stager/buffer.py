@@ -27,14 +27,14 @@ class Buffer:
         self.nbytes = 0
         self.opened_at = None  # clock() of the first row
 
-    def append(self, table, token, task_id, now):
+    def append(self, table, tokens, task_ids, now):
+        """Add the rows of whole tasks, with the claims to acknowledge when they are sealed."""
         with self.lock:
             if self.opened_at is None:
                 self.opened_at = now
             self.tables.append(table)
-            self.tokens.append(token)
-            if task_id:
-                self.task_ids.add(task_id)
+            self.tokens.extend(tokens)
+            self.task_ids.update(t for t in task_ids if t)
             self.rows += table.num_rows
             self.nbytes += table.nbytes
 
@@ -66,7 +66,7 @@ class Buffer:
         with self.lock:
             newer = (self.tables, self.tokens, self.task_ids, self.rows, self.nbytes)
             self._reset()
-            self.append(table, None, None, opened_at)
+            self.append(table, [], [], opened_at)
             self.tokens = list(tokens) + newer[1]
             self.task_ids = set(task_ids) | newer[2]
             self.tables += newer[0]

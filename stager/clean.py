@@ -23,15 +23,53 @@ from .datasets import ANCHOR_DATE, FETCHED_AT, TASK_ID
 
 
 @dataclass
+class Part:
+    """One task's rows and what the stager adds to them."""
+
+    data: object  # a pyarrow Table or a list of row dicts
+    task_id: str
+    fetched_at: object  # datetime, UTC naive
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
 class Cleaned:
-    table: pa.Table  # good rows, in the staged schema
-    bad: list = field(default_factory=list)  # [(original row dict, reason)]
+    table: pa.Table  # good rows of every part, in the staged schema
+    bad: list = field(default_factory=list)  # [(part index, original row dict, reason)]
     dropped_columns: list = field(default_factory=list)
+    counts: list = field(default_factory=list)  # good rows per part; the table holds them in part order
 
 
 def clean(dataset, data, task_id, fetched_at, params=None):
-    """Validate ``data`` (a pyarrow Table or a list of row dicts) for ``dataset``."""
-    params = params or {}
+    """Validate one task's ``data`` (a pyarrow Table or a list of row dicts)."""
+    return clean_many(dataset, [Part(data, task_id, fetched_at, params or {})])
+
+
+def clean_many(dataset, parts):
+    """Validate several tasks of one task type together.
+
+    Tables whose schemas unify are cleaned as one: the cost of cleaning is
+    mostly per call, not per row, and Tushare fetches are often a few rows
+    each (one pro_bar call per stock).
+    """
+    tables = [p.data for p in parts]
+    if len(parts) > 1:
+        if all(isinstance(t, pa.Table) for t in tables):
+            try:
+                combined = pa.concat_tables(tables, promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                combined = None
+            if combined is not None:
+                return _clean(dataset, combined, parts)
+        results = [clean_many(dataset, [p]) for p in parts]
+        bad = [(i, row, reason) for i, r in enumerate(results) for _, row, reason in r.bad]
+        dropped = sorted({c for r in results for c in r.dropped_columns})
+        counts = [c for r in results for c in r.counts]
+        return Cleaned(pa.concat_tables([r.table for r in results]), bad, dropped, counts)
+    return _clean(dataset, tables[0] if parts else [], parts)
+
+
+def _clean(dataset, data, parts):
     if isinstance(data, pa.Table):
         n = data.num_rows
         present = set(data.column_names)
@@ -54,6 +92,11 @@ def clean(dataset, data, task_id, fetched_at, params=None):
         def original(i):
             return rows[i]
 
+    counts = [p.data.num_rows if isinstance(p.data, pa.Table) else len(p.data or []) for p in parts]
+    part_of_row = []
+    for i, count in enumerate(counts):
+        part_of_row += [i] * count
+
     declared = [c.name for c in dataset.columns]
     dropped = sorted(str(c) for c in present - set(declared))
     errors = {}  # row index -> [reasons]
@@ -72,42 +115,48 @@ def clean(dataset, data, task_id, fetched_at, params=None):
                     errors.setdefault(i, []).append(f"{col.name}: required value is missing (NULL, NaN, inf or empty)")
         if col.pattern and n:
             ok = pc.fill_null(pc.match_substring_regex(arr, col.pattern), True)
-            for i in _indices(pc.invert(ok)):
-                errors.setdefault(i, []).append(
-                    f"{col.name}: {arr[i].as_py()!r} does not match {col.pattern}")
+            if not pc.all(ok).as_py():
+                for i in _indices(pc.invert(ok)):
+                    errors.setdefault(i, []).append(
+                        f"{col.name}: {arr[i].as_py()!r} does not match {col.pattern}")
         arrays.append(arr)
 
     table = pa.Table.from_arrays(arrays, names=declared)
     bad = []
+    part_index = pa.array(part_of_row, pa.int32())
     if errors:
         keep = [True] * n
         for i in sorted(errors):
             keep[i] = False
-            bad.append((original(i), "; ".join(errors[i])))
-        table = table.filter(pa.array(keep, pa.bool_()))
+            counts[part_of_row[i]] -= 1
+            bad.append((part_of_row[i], original(i), "; ".join(errors[i])))
+        mask = pa.array(keep, pa.bool_())
+        table = table.filter(mask)
+        part_index = part_index.filter(mask)
 
-    m = table.num_rows
-    extra = [pa.array([task_id or ""] * m, pa.string()),
-             pa.array([fetched_at] * m, pa.timestamp("us"))]
-    names = [TASK_ID, FETCHED_AT]
+    per_part = {
+        TASK_ID: pa.array([p.task_id or "" for p in parts], pa.string()),
+        FETCHED_AT: pa.array([p.fetched_at for p in parts], pa.timestamp("us")),
+    }
     if dataset.anchor_param:
-        extra.append(pa.array([_anchor(dataset, table, params)] * m, pa.date32()))
-        names.append(ANCHOR_DATE)
-    for name, arr in zip(names, extra):
-        table = table.append_column(name, arr)
-    return Cleaned(table.cast(dataset.arrow_schema), bad, dropped)
+        per_part[ANCHOR_DATE] = _anchors(dataset, table, part_index, parts)
+    for name, values in per_part.items():
+        table = table.append_column(name, values.take(part_index))
+    return Cleaned(table.cast(dataset.arrow_schema), bad, dropped, counts)
 
 
-def _anchor(dataset, table, params):
-    """The qfq anchor: the request's end date, or the batch's latest date."""
-    value = params.get(dataset.anchor_param)
-    if value is not None:
-        parsed, error = _to_date(value)
-        if error is None and parsed is not None:
-            return parsed
-    if table.num_rows == 0:
-        return None
-    return pc.max(table.column(dataset.anchor_column)).as_py()
+def _anchors(dataset, table, part_index, parts):
+    """Each part's qfq anchor: the request's end date, or the part's latest date."""
+    latest = {}
+    if any(p.params.get(dataset.anchor_param) is None for p in parts) and table.num_rows:
+        grouped = pa.table({"p": part_index, "d": table.column(dataset.anchor_column)}) \
+            .group_by("p").aggregate([("d", "max")])
+        latest = dict(zip(grouped.column("p").to_pylist(), grouped.column("d_max").to_pylist()))
+    anchors = []
+    for i, p in enumerate(parts):
+        value, error = _to_date(p.params.get(dataset.anchor_param))
+        anchors.append(value if error is None and value is not None else latest.get(i))
+    return pa.array(anchors, pa.date32())
 
 
 def _indices(mask):
@@ -185,9 +234,11 @@ def _convert_array(arr, type_name, name):
             alt = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
             parsed = pc.coalesce(parsed, alt)
             failed = pc.and_(pc.is_null(parsed), pc.is_valid(arr))
-        # strptime accepts "2024011" style short digits on some platforms: insist on 8 or 10 chars
-        lengths = pc.utf8_length(arr)
-        wrong = pc.fill_null(pc.and_(pc.not_equal(lengths, 8), pc.not_equal(lengths, 10)), False)
+        # strptime rolls impossible days over (20230230 -> 2023-03-02) and may
+        # accept short digit runs: a date is valid only if it prints back as sent.
+        digits = pc.replace_substring(arr, "-", "")
+        printed = pc.strftime(parsed, format="%Y%m%d")
+        wrong = pc.fill_null(pc.not_equal(printed, digits), False)
         failed = pc.or_(pc.fill_null(failed, False), wrong)
         errors = {i: f"{name}: {arr[i].as_py()!r} is not a YYYYMMDD date" for i in _indices(failed)}
         if errors:

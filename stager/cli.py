@@ -115,5 +115,52 @@ def requeue(config_path, paths):
         huey.storage.close()
 
 
+def _produce_options(command):
+    from .produce import PRODUCE_OPTIONS
+
+    ranges = {"bad_share": click.FloatRange(0, 1), "start": _yyyymmdd, "seed": click.IntRange(min=0)}
+    for flag, name, kind, default, help_text in reversed(PRODUCE_OPTIONS):
+        kind = ranges.get(name, click.IntRange(min=1) if kind is int else kind)
+        command = click.option(flag, name, type=kind, default=default, show_default=True, help=help_text)(command)
+    return command
+
+
+class _YYYYMMDD(click.ParamType):
+    name = "YYYYMMDD"
+
+    def convert(self, value, param, ctx):
+        import datetime as dt
+
+        try:
+            dt.datetime.strptime(str(value), "%Y%m%d")
+        except ValueError:
+            self.fail(f"{value!r} is not a date as YYYYMMDD", param, ctx)
+        return str(value)
+
+
+_yyyymmdd = _YYYYMMDD()
+
+
+@main.command()
+@_produce_options
+@click.pass_obj
+def produce(config_path, **options):
+    """Enqueue a synthetic A-share downloader's work (see stager.produce).
+
+    Example: stager produce --stocks 500 --days 20 --seed 1 --bad-share 0.01
+    """
+    from .produce import generate, produce as enqueue_all
+    from .tasks import build_huey
+
+    config = load_or_exit(config_path)
+    huey, enqueue = build_huey(config)
+    try:
+        counts = enqueue_all(enqueue, generate(**options))
+    finally:
+        huey.storage.close()
+    for task_type, c in counts.items():
+        click.echo(f"{task_type}: {c['tasks']} task(s), {c['rows']} row(s), {c['bad_rows']} injected bad")
+
+
 if __name__ == "__main__":
     main()

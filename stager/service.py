@@ -21,7 +21,7 @@ from collections import Counter, deque
 from . import staging
 from .backoff import Backoff
 from .buffer import Buffer, dedup
-from .clean import clean
+from .clean import Part, clean_many
 from .deadletter import DeadLetter
 from .config import reload_config
 from .exceptions import ConfigError, ResourceError
@@ -94,8 +94,6 @@ class Stager:
         for t in self._threads:
             if t.name.startswith("worker"):
                 t.join(max(0.0, deadline - time.monotonic()))
-        while self.source.pending() and time.monotonic() < deadline:
-            self.stage_next()  # leased with a batch: in flight, so finished too
         sealed = self.seal_all(deadline=deadline)
         self._halt.set()
         for t in self._threads:
@@ -164,56 +162,83 @@ class Stager:
     # --- steps ------------------------------------------------------------
 
     def run_once(self, now=None):
-        """One step without threads: stage one claim, then seal what is due."""
+        """One step without threads: stage the next claims, then seal what is due."""
         n = self.stage_next(now)
         self.seal_due(now)
         return n
 
     def stage_next(self, now=None):
-        """Claim one task (or result) and stage it; return the rows it carried (0: none)."""
-        claim = self.source.claim()
-        if claim is None:
+        """Claim the next tasks (or results) and stage them; return the rows they carried (0: none)."""
+        claims = self.source.claim_many()
+        if not claims:
             return 0
-        return max(1, self.stage(claim, now))
+        return max(1, self.stage(claims, now))
 
-    def stage(self, claim, now=None):
+    def stage(self, claims, now=None):
+        """Clean claims, dead-letter what is refused, buffer the rest; return rows handled."""
         now = self.clock() if now is None else now
-        result, token = claim.result, claim.token
-        dataset = self.buffers[result.task_type].dataset if result.task_type in self.buffers else None
-        if result.error or dataset is None:
-            reason = result.error or f"unknown task type {result.task_type!r} (known: {', '.join(self.buffers)})"
-            rows = result.data if isinstance(result.data, list) else (
-                result.data.to_pylist() if result.data is not None else [])
-            rows = rows or [{}]
-            self.deadletter.write(result.task_type or "", [(r, reason) for r in rows],
-                                  result.task_id, result.params, known=dataset is not None)
-            self._count(None, deadlettered=len(rows), tasks=1)
-            self._error("data_format", len(rows))
-            log.warning("task %s: %d row(s) dead-lettered: %s", result.task_id, len(rows), reason.splitlines()[0])
-            self.source.ack([token])
-            return len(rows)
+        by_type, handled = {}, 0
+        for claim in claims:
+            result = claim.result
+            if result.error or result.task_type not in self.buffers:
+                handled += self._refuse_whole(claim)
+            else:
+                by_type.setdefault(result.task_type, []).append(claim)
+        for task_type, group in by_type.items():
+            handled += self._stage_group(self.buffers[task_type], group, now)
+        return handled
 
-        cleaned = clean(dataset, result.data, result.task_id, result.fetched_at, result.params)
+    def _refuse_whole(self, claim):
+        result = claim.result
+        known = result.task_type in self.buffers
+        reason = result.error or f"unknown task type {result.task_type!r} (known: {', '.join(self.buffers)})"
+        rows = result.data if isinstance(result.data, list) else (
+            result.data.to_pylist() if result.data is not None else [])
+        rows = rows or [{}]
+        self.deadletter.write(result.task_type or "", [(r, reason) for r in rows],
+                              result.task_id, result.params, known=known)
+        self._count(result.task_type if known else None, deadlettered=len(rows), tasks=1)
+        self._error("data_format", len(rows))
+        log.warning("task %s: %d row(s) dead-lettered: %s", result.task_id, len(rows), reason.splitlines()[0])
+        self.source.ack([claim.token])
+        return len(rows)
+
+    def _stage_group(self, buffer, claims, now):
+        dataset = buffer.dataset
+        results = [c.result for c in claims]
+        cleaned = clean_many(dataset, [Part(r.data, r.task_id, r.fetched_at, r.params) for r in results])
         if cleaned.dropped_columns:
             new = [c for c in cleaned.dropped_columns if (dataset.name, c) not in self._warned_columns]
             if new:
                 self._warned_columns.update((dataset.name, c) for c in new)
                 log.warning("%s: dropping column(s) not declared in datasets.yaml: %s", dataset.name, ", ".join(new))
         if cleaned.bad:
-            self.deadletter.write(dataset.name, cleaned.bad, result.task_id, result.params)
+            by_part = {}
+            for i, row, reason in cleaned.bad:
+                by_part.setdefault(i, []).append((row, reason))
+            for i, rows in by_part.items():
+                r = results[i]
+                self.deadletter.write(dataset.name, rows, r.task_id, r.params)
+                log.warning("task %s: %d of %d %s row(s) dead-lettered, first: %s", r.task_id,
+                            len(rows), r.rows, dataset.name, rows[0][1])
             self._error("data_format", len(cleaned.bad))
-            log.warning("task %s: %d of %d %s row(s) dead-lettered, first: %s", result.task_id,
-                        len(cleaned.bad), result.rows, dataset.name, cleaned.bad[0][1])
-        self._count(dataset.name, tasks=1, rows_in=result.rows, deadlettered=len(cleaned.bad))
-        if cleaned.table.num_rows == 0:
-            self.source.ack([token])
-            return result.rows
-        buffer = self.buffers[dataset.name]
+        rows_in = sum(r.rows for r in results)
+        self._count(dataset.name, tasks=len(results), rows_in=rows_in, deadlettered=len(cleaned.bad))
+        settings = self.config.stager.batch_for(dataset.name)
+        offset, empty = 0, []
         with buffer.lock:
-            buffer.append(cleaned.table, token, result.task_id, now)
-            if buffer.due(self.config.stager.batch_for(dataset.name), now) in ("rows", "bytes"):
-                self._seal(buffer)
-        return result.rows
+            # Task by task, so a file rotates at batch_size however many tasks were cleaned together.
+            for claim, result, count in zip(claims, results, cleaned.counts):
+                if not count:
+                    empty.append(claim.token)  # every row dead-lettered (fsynced): done
+                    continue
+                buffer.append(cleaned.table.slice(offset, count), [claim.token], [result.task_id], now)
+                offset += count
+                if buffer.due(settings, now) in ("rows", "bytes"):
+                    self._seal(buffer)
+        if empty:
+            self.source.ack(empty)
+        return rows_in
 
     def seal_due(self, now=None):
         """Seal every buffer that is full or older than its batch_timeout; return files sealed."""

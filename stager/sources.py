@@ -3,8 +3,8 @@
 Both hand out ``Claim`` objects and take them back with ``ack`` once every row
 of the claim is sealed or dead-lettered; nothing is deleted from Huey before.
 
-- ``QueueSource`` (``run_huey_consumer: true``): leases the next task from the
-  queue and runs ``process_fetched_data`` on the calling worker thread.
+- ``QueueSource`` (``run_huey_consumer: true``): leases the next tasks from
+  the queue and runs ``process_fetched_data`` on the calling worker thread.
 - ``ResultSource`` (``run_huey_consumer: false``): the producer runs its own
   Huey consumer; results are read a page at a time by key and deleted after
   the seal. Results that are not ``TaskResult`` objects belong to someone
@@ -39,20 +39,17 @@ class QueueSource:
         self.huey = huey
         self.storage = huey.storage
         self.instance = instance
-        self._lock = threading.Lock()
-        self._leased = []  # leased, not yet handed out: staged before shutdown completes
 
     def recover(self):
         """Put tasks leased by earlier instances back in the queue."""
         return self.storage.requeue_orphans(self.instance)
 
-    def claim(self):
-        with self._lock:
-            if not self._leased:
-                self._leased = self.storage.lease(self.instance, self.LEASE_BATCH)[::-1]
-            if not self._leased:
-                return None
-            lease_id, data = self._leased.pop()
+    def claim_many(self):
+        """The tasks of one lease transaction (up to LEASE_BATCH), executed: a list of Claims."""
+        leased = self.storage.lease(self.instance, self.LEASE_BATCH)
+        return [self._run(lease_id, data) for lease_id, data in leased]
+
+    def _run(self, lease_id, data):
         try:
             task = self.huey.deserialize_task(data)
         except (HueyException, pickle.UnpicklingError, AttributeError, ImportError, EOFError,
@@ -71,10 +68,6 @@ class QueueSource:
         if not isinstance(result, TaskResult):
             result = self._foreign(data, f"{TASK_NAME} returned {type(result).__name__}", task.id)
         return Claim(result, lease_id)
-
-    def pending(self):
-        """Tasks leased in a batch but not handed out yet."""
-        return len(self._leased)
 
     def _foreign(self, data, reason, task_id=None):
         log.error("dead-lettering a queue entry the stager cannot run: %s", reason)
@@ -106,10 +99,13 @@ class ResultSource:
     def recover(self):
         return 0  # unacknowledged results are still in the store: nothing to move
 
-    def pending(self):
-        return 0  # an unclaimed result stays in the store: nothing to finish
+    def claim_many(self, limit=16):
+        claims = []
+        while len(claims) < limit and (claim := self._claim_one()) is not None:
+            claims.append(claim)
+        return claims
 
-    def claim(self):
+    def _claim_one(self):
         with self._lock:
             while True:
                 if not self._page:

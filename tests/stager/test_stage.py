@@ -92,6 +92,9 @@ def test_cleaning_rules(make_config, producer):
     ({"ts_code": "60000.SH"}, "ts_code: '60000.SH' does not match"),
     ({"trade_date": "2024-13-45"}, "trade_date: '2024-13-45' is not a YYYYMMDD date"),
     ({"trade_date": "20241345"}, "trade_date: '20241345' is not a YYYYMMDD date"),
+    ({"trade_date": "20230230"}, "trade_date: '20230230' is not a YYYYMMDD date"),
+    ({"trade_date": "2024-02-30"}, "trade_date: '2024-02-30' is not a YYYYMMDD date"),
+    ({"trade_date": "2024012"}, "trade_date: '2024012' is not a YYYYMMDD date"),
     ({"vol": {"lots": 5}}, "vol: expected a number, got dict"),
     ({"high": [1, 2]}, "high: expected a number, got list"),
 ])
@@ -330,8 +333,8 @@ def test_results_are_read_a_page_at_a_time(make_config):
         stager.huey.put_result(f"k{i:04d}", r)
     stager.prepare()
     seen = 0
-    while stager.stage_next():
-        seen += 1
+    while n := stager.stage_next():
+        seen += n
         assert len(stager.source._page) <= stager.source.PAGE
     assert seen == 450
     stager.seal_all()
@@ -361,3 +364,32 @@ def test_dead_letter_rows_can_be_requeued_after_a_fix(make_config, producer, tmp
     stager.seal_all()
     got = {r["ts_code"]: r for r in staged_rows(config, "stock_daily")}
     assert got[rows[1]["ts_code"]]["close"] == 10.5 and len(got) == 3
+
+
+def test_tasks_cleaned_together_keep_their_own_task_ids_params_and_anchors(make_config, producer):
+    _, config = make_config(stager={"batch_size": 10**6})
+    enqueue = producer(config)
+    good = [dict(r, adj_factor=1.0) for r in daily_rows(3, day="20240105")]
+    bad_date = [dict(r, adj_factor=1.0) for r in daily_rows(3, day="20240105", start=10)]
+    bad_date[1]["trade_date"] = "20240230"
+    mixed = [dict(r, adj_factor=1.0) for r in daily_rows(3, day="20240104", start=20)]
+    mixed[2]["close"] = "abc"  # a column of mixed types: this task cannot be an Arrow table
+    nulls = pa.table({"ts_code": ["600030.SH"], "trade_date": ["20240103"], "open": [1.0], "high": [1.0],
+                      "low": [1.0], "close": [1.0], "vol": [1.0], "amount": [1.0], "adj_factor": pa.nulls(1)})
+    ids = [enqueue(TaskType.DAILY_BAR_QFQ, good, ts_code="x", end_date="20240110").id,
+           enqueue(TaskType.DAILY_BAR_QFQ, bad_date, ts_code="y", end_date="20240111").id,
+           enqueue(TaskType.DAILY_BAR_QFQ, mixed, ts_code="z").id,
+           enqueue(TaskType.DAILY_BAR_QFQ, nulls, ts_code="w", end_date="20240112").id]
+    stager = Stager(config)
+    stager.prepare()
+    assert stager.stage_next() == 10  # one lease batch, cleaned as one group
+    stager.seal_all()
+    rows = {r["ts_code"]: r for r in staged_rows(config, "daily_bar_qfq")}
+    assert len(rows) == 8
+    assert {rows[r["ts_code"]]["_task_id"] for r in good} == {ids[0]}
+    assert rows["600010.SH"]["_task_id"] == ids[1] and rows["600010.SH"]["_anchor_date"] == d("20240111")
+    assert rows["600020.SH"]["_anchor_date"] == d("20240104")  # no end_date: its own latest trade_date
+    assert rows["600030.SH"]["_anchor_date"] == d("20240112") and rows["600030.SH"]["adj_factor"] is None
+    by_task = {r["task_id"]: r for r in deadletters(config)}
+    assert by_task[ids[1]]["params"]["ts_code"] == "y" and "'20240230'" in by_task[ids[1]]["reason"]
+    assert by_task[ids[2]]["params"]["ts_code"] == "z" and "close: 'abc'" in by_task[ids[2]]["reason"]
