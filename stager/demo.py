@@ -95,10 +95,14 @@ def _wait(predicate, children, timeout, what):
 @click.option("--stocks", type=click.IntRange(min=1), default=5400, show_default=True,
               help="Stocks listed at the start.")
 @click.option("--days", type=click.IntRange(min=1), default=10, show_default=True, help="Trading days of work.")
+@click.option("--start", default="20240422", show_default=True,
+              help="First trading day, YYYYMMDD (late April: annual and Q1 reports arrive too).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--bad-share", type=click.FloatRange(0, 1), default=0.001, show_default=True,
               help="Share of rows made bad (they must end in the dead letter).")
-def main(config_path, stocks, days, seed, bad_share):
+@click.option("--start", default="20240102", show_default=True,
+              help="First day, YYYYMMDD (moved to a trading day); April or August covers disclosure seasons.")
+def main(config_path, stocks, days, seed, bad_share, start):
     """Run the stager and the loader end to end on synthetic A-share data.
 
     Example: python -m stager.demo --stocks 500 --days 5
@@ -139,7 +143,8 @@ def main(config_path, stocks, days, seed, bad_share):
                 if total % 20 == 0:
                     refresh()
 
-            counts = produce(enqueue, generate(stocks=stocks, days=days, seed=seed, bad_share=bad_share),
+            counts = produce(enqueue, generate(stocks=stocks, days=days, seed=seed, bad_share=bad_share,
+                                                      start=start),
                              progress=on_batch)
             total = sum(v["rows"] for v in counts.values())
             progress.update(enq, total=total, completed=total, n=total)
@@ -197,14 +202,14 @@ def main(config_path, stocks, days, seed, bad_share):
                       "a rerun merges the same keys again)")
     duckdb_cli = shutil.which("duckdb", path=os.path.dirname(sys.executable)) or "duckdb"
     rel = os.path.relpath
-    console.print("\nLook at it with the duckdb CLI:")
-    console.print(f"  {rel(duckdb_cli)} -readonly {rel(config.loader.database)} "
+    click.echo("\nLook at it with the duckdb CLI:")
+    click.echo(f"  {rel(duckdb_cli)} -readonly {rel(config.loader.database)} "
                   "-c \"select ts_code, trade_date, close, pct_chg from stock_daily order by trade_date desc limit 5\"")
-    console.print(f"  {rel(duckdb_cli)} -readonly {rel(config.loader.database)} "
-                  "-c \"select ts_code, end_date, update_flag, n_income_attr_p from income limit 5\"")
-    console.print(f"  {rel(duckdb_cli)} -c \"from '{rel(config.archive_dir)}/stock_daily/*/*.parquet' limit 5\"")
-    console.print(f"  {rel(duckdb_cli)} -c \"select task_type, reason, count(*) from "
-                  f"read_json_auto('{rel(config.deadletter_dir)}/*/*.jsonl') group by all\"")
+    click.echo(f"  {rel(duckdb_cli)} -readonly {rel(config.loader.database)} "
+               "-c \"select ts_code, end_date, update_flag, n_income_attr_p from income limit 5\"")
+    click.echo(f"  {rel(duckdb_cli)} -c \"from '{rel(config.archive_dir)}/stock_daily/*/*.parquet' limit 5\"")
+    click.echo(f"  {rel(duckdb_cli)} -c \"select task_type, reason, count(*) from "
+               f"read_json_auto('{rel(config.deadletter_dir)}/*/*.jsonl') group by all\"")
     if deadlettered < bad_injected:
         raise click.ClickException("fewer dead-lettered rows than injected bad rows")
 
