@@ -95,13 +95,11 @@ def _wait(predicate, children, timeout, what):
 @click.option("--stocks", type=click.IntRange(min=1), default=5400, show_default=True,
               help="Stocks listed at the start.")
 @click.option("--days", type=click.IntRange(min=1), default=10, show_default=True, help="Trading days of work.")
-@click.option("--start", default="20240422", show_default=True,
-              help="First trading day, YYYYMMDD (late April: annual and Q1 reports arrive too).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--bad-share", type=click.FloatRange(0, 1), default=0.001, show_default=True,
               help="Share of rows made bad (they must end in the dead letter).")
-@click.option("--start", default="20240102", show_default=True,
-              help="First day, YYYYMMDD (moved to a trading day); April or August covers disclosure seasons.")
+@click.option("--start", type=click.DateTime(formats=["%Y%m%d"]), default="20240422", show_default=True,
+              help="First day, YYYYMMDD (moved to a trading day); late April brings annual and Q1 reports too.")
 def main(config_path, stocks, days, seed, bad_share, start):
     """Run the stager and the loader end to end on synthetic A-share data.
 
@@ -144,7 +142,7 @@ def main(config_path, stocks, days, seed, bad_share, start):
                     refresh()
 
             counts = produce(enqueue, generate(stocks=stocks, days=days, seed=seed, bad_share=bad_share,
-                                                      start=start),
+                                                      start=start.strftime("%Y%m%d")),
                              progress=on_batch)
             total = sum(v["rows"] for v in counts.values())
             progress.update(enq, total=total, completed=total, n=total)
