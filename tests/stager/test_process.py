@@ -136,3 +136,41 @@ def test_live_config_edit_is_applied_and_a_bad_edit_refused(make_config, produce
     assert status()["batch"]["stock_daily"]["batch_size"] == 3  # old values stay
     assert proc.stop() == 0
     assert "need a restart to take effect: stager.worker_threads" in proc.log()
+
+
+def test_producer_running_its_own_huey_consumer(make_config, producer, spawn, tmp_path):
+    """run_huey_consumer: false — Huey's own consumer executes the task in the producer's
+    deployment, results land in the result store, the stager claims and stages them."""
+    import os
+    import subprocess
+    import sys
+
+    path, config = make_config(stager={"run_huey_consumer": False, "batch_size": 1000, "batch_timeout": 0.5})
+    enqueue = producer(config)
+    ids = [enqueue(TaskType.STOCK_DAILY, daily_rows(20, start=20 * i)).id for i in range(5)]
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "huey.bin.huey_consumer", "stager.tasks.huey", "-w", "2", "-k", "thread"],
+        env={**os.environ, "DUCKSTAGE_CONFIG": str(path)}, cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        huey, _ = build_huey(config)
+        try:
+            wait_for(lambda: huey.storage.result_store_size() == 5, message="results stored by Huey's consumer")
+            huey.put("other-app-key", {"not": "ours"})
+        finally:
+            huey.storage.close()
+    finally:
+        consumer.terminate()
+        consumer.wait(30)
+    stager = spawn("stager", path, "run")
+    wait_running(config, stager)
+    wait_for(lambda: len(staged_keys(config)) == 100, message="all results staged")
+    assert stager.stop() == 0, stager.log()
+    huey, _ = build_huey(config)
+    try:
+        keys = {k for k, _ in huey.storage.scan_results("", 100)}
+    finally:
+        huey.storage.close()
+    assert keys == {"other-app-key"}  # ours deleted after the seal, the other application's kept
+    footers = [staging.read_footer(p) for p in staged_paths(config)]
+    assert sorted(t for f in footers for t in f["task_ids"]) == sorted(ids)
