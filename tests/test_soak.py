@@ -1,0 +1,153 @@
+"""Soak: the producer, the stager and the loader run for minutes while both
+processes are killed with ``kill -9`` and restarted at random.
+
+A producer thread in this process enqueues ``generate(...)`` batches without
+pause (several seeds and start dates in turn, so keys are fetched again with
+other values and later fetches must win), paced at ``DUCKSTAGE_SOAK_RATE``
+rows/s. The stager and the loader are real subprocesses; every 0.3 to 4 s one
+or both are killed with SIGKILL and restarted after a random pause. Then the
+killing stops, the producer stops, the stager drains the queue and is stopped
+with SIGTERM (it seals every buffer), the loader commits every sealed file and
+is stopped. At the end:
+
+- the warehouse equals ``expected_rows`` of every batch enqueued (the
+  producer's data deduplicated by key and version), row for row;
+- the Huey queue, its leases, its result store and its schedule are empty;
+- nothing is left in staging (no sealed file, no ``.tmp``), nothing quarantined;
+- every dead-lettered row is one the producer injected as bad (a task re-run
+  after a kill may dead-letter its rows twice), and every injected row is there.
+
+    DUCKSTAGE_SOAK_SECONDS=600 pytest -m slow tests/test_soak.py -s
+
+``DUCKSTAGE_SOAK_SEED`` replays the same kill schedule (timing still varies).
+"""
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from stager import staging
+from stager.config import load_config
+from stager.produce import expected_rows, generate, produce
+from stager.tasks import build_huey
+from tests.conftest import wait_for, write_config
+from tests.test_e2e import (assert_archive_is_the_manifest, assert_deadletter_is_injected, assert_nothing_left,
+                            assert_warehouse_equals, injected_bad_rows)
+
+SECONDS = float(os.environ.get("DUCKSTAGE_SOAK_SECONDS", "120"))
+RATE = float(os.environ.get("DUCKSTAGE_SOAK_RATE", "2000"))  # rows/s enqueued
+SEED = int(os.environ.get("DUCKSTAGE_SOAK_SEED", random.randrange(1 << 30)))
+
+# Start dates in turn: plain days, and the end of each disclosure season
+# (whole-market statement fetches, restatements).
+STARTS = ("20240425", "20240102", "20240822", "20241028", "20240701")
+
+
+class Producer(threading.Thread):
+    """Enqueues generated batches until stopped; ``enqueued`` lists them in enqueue order."""
+
+    def __init__(self, config, rate):
+        super().__init__(name="soak-producer", daemon=True)
+        self.config, self.rate = config, rate
+        self.stopped = threading.Event()
+        self.enqueued, self.rows, self.error = [], 0, None
+
+    def batches(self):
+        chunk = 0
+        while True:
+            for batch in generate(stocks=200, days=10, seed=chunk, bad_share=0.005,
+                                  start=STARTS[chunk % len(STARTS)]):
+                if self.stopped.is_set():
+                    return
+                yield batch
+            chunk += 1
+
+    def run(self):
+        huey, enqueue = build_huey(self.config)
+        self.started = time.monotonic()
+        try:
+            # One produce() call: fetch times rise across every batch, the
+            # order expected_rows assumes.
+            produce(enqueue, self.batches(), progress=self._enqueued)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+        finally:
+            huey.storage.close()
+
+    def _enqueued(self, batch, _counts):
+        self.enqueued.append(batch)
+        self.rows += batch.rows
+        ahead = self.rows / self.rate - (time.monotonic() - self.started)
+        if ahead > 0:
+            self.stopped.wait(ahead)
+
+    def stop(self):
+        self.stopped.set()
+        self.join(60)
+        assert not self.is_alive(), "the producer did not stop"
+
+
+def queue_size(config):
+    huey, _ = build_huey(config)
+    try:
+        return huey.storage.queue_size()
+    finally:
+        huey.storage.close()
+
+
+def sealed_waiting(config):
+    return sum(len(staging.sealed_files(config.staging_dir / name)) for name in config.datasets.names)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(SECONDS + 600)
+def test_soak_kill_9_both_processes_at_random(tmp_path, spawn):
+    path = write_config(
+        tmp_path,
+        stager={"batch_size": 1500, "batch_timeout": 1.0, "worker_threads": 2, "queue_check_interval": 0.05,
+                "shutdown_timeout": 60},
+        loader={"rescan_interval": 0.5, "idle_release": 0.5, "retry_delay": 0.1, "retry_max_delay": 1.0})
+    config = load_config(path)
+    rng = random.Random(SEED)
+    procs = {name: spawn(name, path, "run") for name in ("stager", "loader")}
+    producer = Producer(config, RATE)
+    producer.start()
+    kills = Counter()
+
+    deadline = time.monotonic() + SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.3, 4.0))
+        assert producer.error is None, producer.error
+        for name, p in procs.items():
+            assert p.proc.poll() is None, f"{name} exited by itself ({p.proc.returncode}):\n{p.log()[-3000:]}"
+        victims = rng.choice((["stager"], ["loader"], ["stager", "loader"]))
+        for name in victims:
+            procs[name].kill9()
+            kills[name] += 1
+        time.sleep(rng.uniform(0.0, 1.0))
+        for name in victims:
+            procs[name] = spawn(name, path, "run")
+
+    producer.stop()
+    assert producer.error is None, producer.error
+    stager, loader = procs["stager"], procs["loader"]
+    wait_for(lambda: queue_size(config) == 0, timeout=300, interval=0.5, message="the stager to lease every task")
+    assert stager.stop(120) == 0, stager.log()[-3000:]  # SIGTERM: seal every buffer, ack what was sealed
+    wait_for(lambda: sealed_waiting(config) == 0, timeout=300, interval=0.5,
+             message="the loader to commit every sealed file")
+    assert loader.stop(60) == 0, loader.log()[-3000:]
+
+    batches = producer.enqueued
+    injected = injected_bad_rows(batches)
+    print(f"\nsoak: seed {SEED}, {SECONDS:.0f}s, {producer.rows:,} rows in {len(batches):,} tasks, "
+          f"{sum(injected[0].values())} bad rows injected, kill -9: stager {kills['stager']}, "
+          f"loader {kills['loader']}")
+    assert kills["stager"] and kills["loader"]
+    assert_warehouse_equals(config, expected_rows(batches))
+    assert_nothing_left(config)
+    assert_deadletter_is_injected(config, injected, exactly=False)
+    assert_archive_is_the_manifest(config)
