@@ -135,7 +135,12 @@ def _load_batch(wh, dataset, batch, planned, mode, settle, refuse, progress):
     wh.begin()
     try:
         out = _merge(wh, dataset, batch, planned, mode, progress=None, raise_refused=True)
-        wh.commit()
+        try:
+            wh.commit()
+        except duckdb.Error as exc:
+            # The data was accepted; writing it failed (disk full, I/O error):
+            # retry later with backoff, the files stay in staging/.
+            raise DatabaseBusy(f"{wh.path}: commit failed: {exc}") from exc
     except FileRefused as refused:
         wh.rollback()
         if len(batch) > 1:

@@ -5,7 +5,7 @@ import pyarrow as pa
 
 from loader import Loader
 
-from .conftest import daily, files_in, hold_database, make_config, release, table
+from .conftest import daily, files_in, hold_database, make_config, query, release, table
 
 
 def _report(config, path):
@@ -81,4 +81,36 @@ def test_a_busy_database_is_retried_then_loaded(tmp_path, stage):
     assert loader.run_once() == 1
     assert loader.get_status()["retry"] is None
     assert table(config, "stock_daily", "ts_code") == [("000001.SZ",)]
+    loader.stop()
+
+
+def test_a_failed_commit_leaves_the_file_in_staging_and_nothing_in_the_table(config, stage, monkeypatch):
+    """Guarantee 1: a sealed file leaves staging/ only after its merge has committed."""
+    import duckdb
+
+    from loader import warehouse
+
+    path = stage("stock_daily", [daily("000001.SZ", 2, 10.0), daily("600000.SH", 2, 8.0)])
+    real_commit = warehouse.Warehouse.commit
+    failures = {"left": 1}
+
+    def commit(self):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise duckdb.IOException("IO Error: could not write to the write-ahead log (disk full)")
+        return real_commit(self)
+
+    monkeypatch.setattr(warehouse.Warehouse, "commit", commit)
+    loader = Loader(config)
+    loader.run_once()
+    assert path.exists()  # still staged: not archived, not quarantined
+    assert files_in(config.quarantine_dir) == []
+    # The rolled-back transaction had created the table too: nothing of it is left.
+    assert query(config, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'stock_daily'") == [(0,)]
+    assert query(config, "SELECT count(*) FROM _duckstage_manifest") == [(0,)]
+    assert loader.get_status()["retry"] is not None  # an I/O error is retried, not a refused file
+    loader.clock = lambda: 10**9  # past the backoff
+    loader.run_once()
+    assert not path.exists()
+    assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 10.0), ("600000.SH", 8.0)]
     loader.stop()
