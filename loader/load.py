@@ -61,7 +61,7 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
     Raises DatabaseBusy when the database itself fails: nothing is moved then.
     """
     out = Outcome()
-    settle = settle or (lambda p: None)
+    settle = _tolerant(settle or (lambda p: None))
     progress = progress or (lambda files, rows: None)
 
     def refuse(path, refused):
@@ -115,6 +115,18 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
         else:
             out.add(_merge(wh, dataset, batch, planned, mode, progress, raise_refused=True))
     return out
+
+
+def _tolerant(settle):
+    """Moving a committed file may fail (disk full, permissions): it stays in staging/,
+    the manifest keeps it from being merged again, and the next step moves it."""
+    def run(path):
+        try:
+            settle(path)
+        except OSError as exc:
+            log.error("%s is loaded but could not be archived yet: %s", Path(path).name, exc)
+
+    return run
 
 
 def batches(files, max_rows):

@@ -114,3 +114,28 @@ def test_a_failed_commit_leaves_the_file_in_staging_and_nothing_in_the_table(con
     assert not path.exists()
     assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 10.0), ("600000.SH", 8.0)]
     loader.stop()
+
+
+def test_a_file_that_cannot_be_archived_is_loaded_once_and_archived_later(config, stage, monkeypatch):
+    from loader import filing
+
+    path = stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
+    real_archive = filing.archive
+    failures = {"left": 1}
+
+    def archive(*args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(28, "No space left on device")
+        return real_archive(*args, **kwargs)
+
+    monkeypatch.setattr(filing, "archive", archive)
+    loader = Loader(config)
+    loader.run_once()
+    assert path.exists()  # committed, not moved
+    assert query(config, "SELECT loads FROM _duckstage_manifest") == [(1,)]
+    loader.run_once()
+    assert not path.exists() and files_in(config.archive_dir) == [path.name]
+    assert query(config, "SELECT loads FROM _duckstage_manifest") == [(1,)]  # not merged twice
+    assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 10.0)]
+    loader.stop()
