@@ -99,6 +99,14 @@ def queue_size(config):
         huey.storage.close()
 
 
+def lease_count(config):
+    huey, _ = build_huey(config)
+    try:
+        return huey.storage.lease_count()
+    finally:
+        huey.storage.close()
+
+
 def sealed_waiting(config):
     return sum(len(staging.sealed_files(config.staging_dir / name)) for name in config.datasets.names)
 
@@ -117,6 +125,7 @@ def test_soak_kill_9_both_processes_at_random(tmp_path, spawn):
     producer = Producer(config, RATE)
     producer.start()
     kills = Counter()
+    mid_work = Counter()  # kills that found the stager holding leased tasks, the loader sealed files to load
 
     deadline = time.monotonic() + SECONDS
     while time.monotonic() < deadline:
@@ -125,9 +134,11 @@ def test_soak_kill_9_both_processes_at_random(tmp_path, spawn):
         for name, p in procs.items():
             assert p.proc.poll() is None, f"{name} exited by itself ({p.proc.returncode}):\n{p.log()[-3000:]}"
         victims = rng.choice((["stager"], ["loader"], ["stager", "loader"]))
+        busy = {"stager": lease_count(config) > 0, "loader": sealed_waiting(config) > 0}
         for name in victims:
             procs[name].kill9()
             kills[name] += 1
+            mid_work[name] += busy[name]
         time.sleep(rng.uniform(0.0, 1.0))
         for name in victims:
             procs[name] = spawn(name, path, "run")
@@ -145,8 +156,8 @@ def test_soak_kill_9_both_processes_at_random(tmp_path, spawn):
     injected = injected_bad_rows(batches)
     print(f"\nsoak: seed {SEED}, {SECONDS:.0f}s, {producer.rows:,} rows in {len(batches):,} tasks, "
           f"{sum(injected[0].values())} bad rows injected, kill -9: stager {kills['stager']}, "
-          f"loader {kills['loader']}")
-    assert kills["stager"] and kills["loader"]
+          f"loader {kills['loader']} ({mid_work['stager']} and {mid_work['loader']} of them mid-work)")
+    assert mid_work["stager"] and mid_work["loader"], "no kill landed while there was work in hand"
     assert_warehouse_equals(config, expected_rows(batches))
     assert_nothing_left(config)
     assert_deadletter_is_injected(config, injected, exactly=False)
