@@ -24,6 +24,7 @@ soak: $(VENV)/.installed  ## the slow soak tests
 bench: $(VENV)/.installed  ## print throughput and memory figures
 	$(PY) benchmarks/bench_stager.py
 	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_e2e.py
 
 clean:
 	rm -rf $(VENV) data/huey.db* data/staging data/archive data/quarantine data/deadletter data/run data/warehouse.duckdb*
