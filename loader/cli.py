@@ -6,13 +6,13 @@ error 1. SIGTERM and SIGINT only set the stop event.
 """
 
 import json
-import logging
 import signal
 import sys
 import threading
 
 import click
 
+from stager import logs
 from stager.config import load_config
 from stager.exceptions import ConfigError
 
@@ -33,9 +33,8 @@ def _fail(message, code):
     return code
 
 
-def _logging(config):
-    logging.basicConfig(level=config.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(ctx, config):
+    logs.setup(config.log_level, ctx.obj["log_format"], process="loader")
 
 
 def _on_signals(event):
@@ -63,13 +62,15 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="duckstage YAML file (default: $DUCKSTAGE_CONFIG, then config/duckstage.yaml)")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
+              help="text: human-readable lines; json: one JSON object per line")
 @click.pass_context
-def main(ctx, config_path):
+def main(ctx, config_path, log_format):
     """Merge sealed staging files into the DuckDB warehouse, each exactly once.
 
-    Example: loader --config config/duckstage.yaml run
+    Example: loader --config config/duckstage.yaml --log-format json run
     """
-    ctx.obj = {"config": config_path}
+    ctx.obj = {"config": config_path, "log_format": log_format}
 
 
 @main.command()
@@ -78,16 +79,29 @@ def run(ctx):
     """Load sealed files as they appear, and at start-up those sealed while it was down.
 
     SIGTERM or SIGINT: finish or roll back the current transaction, exit 0.
+    SIGHUP (or an edit of the config file) applies the live loader settings.
+    With loader.metrics_port set it serves /metrics, /healthz and /readyz.
 
     Example: loader run
     """
     from .service import Loader
 
     config = _config(ctx)
-    _logging(config)
+    _logging(ctx, config)
     loader = Loader(config)
     _on_signals(loader.stopped_event)
-    loader.start()
+
+    def reload_requested(signum, frame):
+        loader.reload_requested.set()
+        loader.wake.set()
+
+    signal.signal(signal.SIGHUP, reload_requested)
+    try:
+        loader.start()
+    except OSError as exc:
+        lc = config.loader
+        raise click.exceptions.Exit(_fail(f"cannot serve metrics on {lc.metrics_host}:{lc.metrics_port}"
+                                          f" (loader.metrics_port): {exc.strerror or exc}", 2)) from None
     while not loader.stopped_event.wait(1.0):
         pass
     loader.stop(timeout=max(60, config.stager.shutdown_timeout))
@@ -147,7 +161,7 @@ def reload(ctx, paths, force):
     from .load import resolve_paths
 
     config = _config(ctx)
-    _logging(config)
+    _logging(ctx, config)
     stop = threading.Event()
     _on_signals(stop)
     try:
@@ -183,7 +197,7 @@ def rebuild(ctx, task_types):
     from .load import rebuild as rebuild_tables
 
     config = _config(ctx)
-    _logging(config)
+    _logging(ctx, config)
     for t in task_types:
         if t not in config.datasets:
             raise click.exceptions.Exit(_fail(f"--task-type: {t!r} is not in {config.datasets.source}", 2))

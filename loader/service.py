@@ -7,15 +7,33 @@ database is released when idle for ``idle_release`` seconds, so a person can
 open it with the ``duckdb`` CLI; while someone else holds it the loader backs
 off and retries, slowly and for ever after ``max_retries``, and says so in
 status. Nothing is dropped while it waits: the files stay in ``staging/``.
+
+Live configuration: between steps the loader re-reads its config file when it
+changed or when SIGHUP asked (``reload_requested``), and applies the live
+``loader.*`` keys and ``log_level`` through ``stager.config.reload_config``; an
+invalid edit is refused with the reason (in status) and the old values stay.
+
+``get_status()`` is the one source of the numbers: the snapshot
+``run/loader.json`` that ``loader status`` reads, and ``/metrics`` when
+``loader.metrics_port`` is set (loader.metrics).
 """
 
 import datetime as dt
+import json
 import logging
 import os
 import threading
 import time
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from stager.backoff import Backoff
+from stager.config import reload_config
+from stager.datasets import FETCHED_AT
+from stager.exceptions import ConfigError
+from stager.ops import LagHistogram, OpsServer, StatusCollector, writable
 
 from . import filing
 from .discovery import Watcher, scan, unknown_folders
@@ -27,6 +45,7 @@ from .warehouse import Warehouse
 log = logging.getLogger(__name__)
 
 SNAPSHOT = "loader.json"
+CONFIG_POLL = 1.0  # seconds between checks of the config file while the loader sleeps
 
 
 def _utcnow():
@@ -56,6 +75,19 @@ class Loader:
         self.rate = None
         self.state = "stopped"
         self.manifest = {}
+        self.by_type = {name: Counter() for name in config.datasets.names}  # since start
+        self.quarantine_reasons = {}  # task type -> Counter(reason class), since start
+        self.last_loaded_at = {}  # task type -> unix time of the last commit
+        self.last_lag = {}  # task type -> {"oldest": s, "newest": s} of the last commit
+        self.lag = LagHistogram()  # per file: oldest row's fetch time -> commit
+        self.retries = 0  # database retries since start
+        self.reload_requested = threading.Event()  # SIGHUP sets it
+        self._config_mtime = self._mtime()
+        self.config_error = None
+        self.config_reloads = 0
+        self.restart_required = []
+        self.started_at = None
+        self.ops = None
 
     # -- one step -----------------------------------------------------------
 
@@ -88,14 +120,16 @@ class Loader:
         for task_type, paths in pending.items():
             if self.stopped_event.is_set():
                 break
-            out = load_files(self.warehouse, self.config.datasets[task_type], paths, self.config,
-                             settle=lambda p: filing.archive(self.config.archive_dir, p),
-                             stop=self.stopped_event)
+            fetched = {}  # file name -> (oldest, newest) fetch time, read at commit
+            try:
+                out = load_files(self.warehouse, self.config.datasets[task_type], paths, self.config,
+                                 settle=lambda p, fetched=fetched: self._settle(p, fetched),
+                                 stop=self.stopped_event)
+            except DatabaseBusy:
+                self.by_type[task_type]["batches_failed"] += 1
+                raise
             done.add(out)
-            if out.loaded:
-                self.last_load = {"task_type": task_type, "files": len(out.loaded), "rows": out.rows,
-                                  "inserted": out.inserted, "updated": out.updated,
-                                  "at": _utcnow().isoformat()}
+            self._account(task_type, out, fetched)
         if self._retry:
             log.info("database available again after %d retries", self._retry["attempts"])
         self._retry = None
@@ -111,8 +145,50 @@ class Loader:
         self.state = "idle"
         return done.files
 
+    def _settle(self, path, fetched):
+        """After the commit that loaded ``path``: note its rows' fetch times, then archive it."""
+        committed = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        span = _fetch_span(path)
+        if span is not None:
+            fetched[os.path.basename(path)] = (committed - span[0], committed - span[1])
+        filing.archive(self.config.archive_dir, path)
+
+    def _account(self, task_type, out, fetched):
+        """Fold one task type's load into the figures status and metrics show."""
+        c = self.by_type.setdefault(task_type, Counter())
+        c.update(files_loaded=len(out.loaded), files_skipped=len(out.skipped),
+                 files_quarantined=len(out.quarantined), rows=out.rows, inserted=out.inserted,
+                 updated=out.updated)
+        if out.loaded or out.skipped:
+            c["batches_ok"] += 1
+        if out.quarantined:
+            from .metrics import quarantine_reason
+
+            reasons = self.quarantine_reasons.setdefault(task_type, Counter())
+            folder = self.config.quarantine_dir / task_type
+            for name in out.quarantined:
+                report = _read_report(folder / (name + ".error.json"))
+                reasons[quarantine_reason(report.get("error", ""))] += 1
+        if not out.loaded:
+            return
+        lags = [fetched[n] for n in out.loaded if n in fetched]
+        for oldest, _newest in lags:
+            self.lag.observe(task_type, oldest.total_seconds())
+        if lags:
+            self.last_lag[task_type] = {"oldest": round(max(o for o, _ in lags).total_seconds(), 3),
+                                        "newest": round(min(n for _, n in lags).total_seconds(), 3)}
+        self.last_loaded_at[task_type] = time.time()
+        self.last_load = {"task_type": task_type, "files": len(out.loaded), "rows": out.rows,
+                          "inserted": out.inserted, "updated": out.updated, "at": _utcnow().isoformat()}
+        log.info("loaded %d file(s) of %s: %d rows, %d inserted, %d updated", len(out.loaded), task_type,
+                 out.rows, out.inserted, out.updated,
+                 extra={"event": "loaded", "task_type": task_type, "file": out.loaded[-1],
+                        "files": len(out.loaded), "rows": out.rows, "inserted": out.inserted,
+                        "updated": out.updated, "lag_seconds": self.last_lag.get(task_type, {}).get("oldest")})
+
     def _busy(self, exc, now):
         self.warehouse.close()  # release, so whoever holds it can finish
+        self.retries += 1
         attempts = self.backoff.attempts + 1
         slow = attempts > self.config.loader.max_retries
         delay = self.config.loader.retry_max_delay if slow else self.backoff.next()
@@ -123,7 +199,8 @@ class Loader:
                        "slow": slow, "since": since, "next_at": now + delay}
         self.state = "retrying"
         log.warning("database busy (attempt %d%s), retrying in %.1fs: %s", attempts,
-                    ", past max_retries: retrying slowly" if slow else "", delay, self._retry["error"])
+                    ", past max_retries: retrying slowly" if slow else "", delay, self._retry["error"],
+                    extra={"event": "database_busy", "attempts": attempts, "delay": delay})
 
     def _sweep(self):
         today = _utcnow().date()
@@ -144,12 +221,62 @@ class Loader:
             delay = min(delay, max(0.05, release_at - self.clock()))
         return delay
 
+    # -- live configuration ---------------------------------------------------
+
+    def _mtime(self):
+        try:
+            return os.stat(self.config.source).st_mtime_ns
+        except (OSError, ValueError):
+            return None
+
+    def check_config(self):
+        """Apply live values if the config file changed or SIGHUP asked.
+
+        Returns True if something happened (applied or refused), so a sleeping
+        loop re-plans and writes its status.
+        """
+        mtime = self._mtime()
+        if mtime == self._config_mtime and not self.reload_requested.is_set():
+            return False
+        self.reload_requested.clear()
+        self._config_mtime = mtime
+        try:
+            new, restart = reload_config(self.config)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            log.error("configuration edit refused, keeping the running values: %s", exc,
+                      extra={"event": "config_refused"})
+            return True
+        self.config_error = None
+        old = self.config.loader
+        self.config = new
+        self.config_reloads += 1
+        lc = new.loader
+        if (old.retry_delay, old.retry_max_delay) != (lc.retry_delay, lc.retry_max_delay):
+            attempts = self.backoff.attempts
+            self.backoff = Backoff(lc.retry_delay, 2.0, max(lc.retry_max_delay, lc.retry_delay))
+            self.backoff.attempts = attempts
+        logging.getLogger().setLevel(new.log_level)
+        logging.getLogger("duckstage").setLevel(new.log_level)
+        changed = {k: v for k, v in vars(lc).items() if getattr(old, k) != v}
+        log.info("configuration reloaded from %s%s", new.source,
+                 ": " + ", ".join(f"loader.{k}={v}" for k, v in changed.items()) if changed else "",
+                 extra={"event": "config_reloaded"})
+        self.restart_required = [k for k in restart if not k.startswith(("stager.", "huey."))]
+        if self.restart_required:
+            log.warning("changed key(s) that need a restart to take effect: %s", ", ".join(self.restart_required),
+                        extra={"event": "config_restart_required"})
+        return True
+
     # -- status -------------------------------------------------------------
 
     def get_status(self):
         t = self.totals
+        lc = self.config.loader
         return {
+            "process": "loader",
             "pid": os.getpid(),
+            "started_at": self.started_at,
             "updated_at": _utcnow().isoformat(),
             "state": self.state,
             "database": str(self.warehouse.path),
@@ -163,7 +290,67 @@ class Loader:
                             "inserted": t.inserted, "updated": t.updated},
             "manifest": self.manifest,
             "retry": dict(self._retry) if self._retry else None,
+            "retries": self.retries,
+            "task_types": {name: {**{k: c[k] for k in ("files_loaded", "files_skipped", "files_quarantined",
+                                                         "rows", "inserted", "updated", "batches_ok",
+                                                         "batches_failed")},
+                                  "quarantined_by_reason": dict(self.quarantine_reasons.get(name, {})),
+                                  "last_loaded_at": self.last_loaded_at.get(name),
+                                  "last_lag_seconds": self.last_lag.get(name)}
+                           for name, c in self.by_type.items()},
+            "quarantine_files": _quarantine_files(self.config.quarantine_dir),
+            "lag": self.lag.snapshot(),
+            "threads": self._thread_states(),
+            "config": {"source": self.config.source, "error": self.config_error, "reloads": self.config_reloads,
+                       "restart_required": list(self.restart_required), "log_level": self.config.log_level,
+                       "live": {k: getattr(lc, k) for k in ("max_retries", "retry_delay", "retry_max_delay",
+                                                             "rescan_interval", "max_rows_per_transaction",
+                                                             "new_columns", "archive_retention_days",
+                                                             "idle_release")}},
+            "metrics_address": self.ops.address if self.ops else None,
         }
+
+    def _thread_states(self):
+        states = {}
+        if self._thread is not None or self.state != "stopped":
+            alive = self._thread is not None and self._thread.is_alive()
+            states["loader"] = self.state if alive else "stopped"
+        if self._watcher is not None:
+            states["watcher"] = "running" if self._watcher.observer.is_alive() else "stopped"
+        if self.ops is not None:
+            states["http"] = "running" if self.ops.is_alive() else "stopped"
+        return states
+
+    # -- health -------------------------------------------------------------
+
+    def health(self):
+        """Problems that mean the loader is not alive and working (empty: healthy)."""
+        problems = []
+        if self._thread is None or not self._thread.is_alive() or self.stopped_event.is_set():
+            problems.append("the loader thread is not running")
+        if self._watcher is None or not self._watcher.observer.is_alive():
+            problems.append("the staging watcher is not running")
+        return problems
+
+    def ready(self):
+        """Problems that keep the loader from loading (empty: ready): database, staging, archive."""
+        problems = self.health()
+        for label, folder in (("staging", self.config.staging_dir), ("archive", self.config.archive_dir)):
+            reason = writable(folder)
+            if reason:
+                problems.append(f"{label}: {reason}")
+        if self._retry:
+            problems.append(f"database not openable (retry {self._retry['attempts']}): {self._retry['error']}")
+        elif not self.warehouse.is_open and self._lock.acquire(blocking=False):
+            # Idle with the database released: check it opens, without racing a step.
+            try:
+                self.warehouse.open()
+            except DatabaseBusy as exc:
+                problems.append(f"database not openable: {str(exc).splitlines()[0]}")
+            finally:
+                self.warehouse.close()
+                self._lock.release()
+        return problems
 
     def _write_status(self):
         try:
@@ -174,8 +361,19 @@ class Loader:
     # -- supervisor ---------------------------------------------------------
 
     def start(self):
+        """Serve the ops endpoint (if configured), then start the watcher and the supervisor.
+
+        Raises OSError when the metrics port cannot be bound, before any thread runs.
+        """
         if self._thread is not None:
             return self
+        if self.config.loader.metrics_port and self.ops is None:
+            from .metrics import families
+
+            self.ops = OpsServer(self.config.loader.metrics_host, self.config.loader.metrics_port,
+                                 StatusCollector(self.get_status, families), self.health, self.ready,
+                                 "loader").start()
+        self.started_at = time.time()
         self.stopped_event.clear()
         self._watcher = Watcher(self.config.staging_dir, self.wake)
         self._watcher.start()
@@ -186,16 +384,25 @@ class Loader:
     def _loop(self):
         log.info("loader started: %s -> %s", self.config.staging_dir, self.warehouse.path)
         while not self.stopped_event.is_set():
+            self.check_config()
             self.run_once()
-            delay = self.next_delay()
-            if delay > 0:
-                self.wake.wait(delay)
-            self.wake.clear()
+            self._sleep(self.next_delay())
         with self._lock:
             self.warehouse.close()
             self.state = "stopped"
             self._write_status()
         log.info("loader stopped")
+
+    def _sleep(self, delay):
+        """Wait up to ``delay`` for a wake-up, checking the config file every CONFIG_POLL seconds."""
+        end = time.monotonic() + delay
+        while not self.stopped_event.is_set():
+            left = end - time.monotonic()
+            if left <= 0 or self.wake.wait(min(left, CONFIG_POLL)):
+                break
+            if self.check_config():
+                break  # new values (or a refusal to report): plan the next step again
+        self.wake.clear()
 
     def stop(self, timeout=60):
         """Finish (or roll back) the current transaction, release the database, stop threads."""
@@ -204,14 +411,55 @@ class Loader:
         if self._watcher is not None:
             self._watcher.stop(timeout)
             self._watcher = None
+        alive = False
         if self._thread is not None:
             self._thread.join(timeout)
             alive = self._thread.is_alive()
             self._thread = None
-            return not alive
-        self.warehouse.close()
-        return True
+        else:
+            self.warehouse.close()
+        if self.ops is not None:
+            self.ops.stop()
+            self.ops = None
+        return not alive
 
     def join(self, timeout=None):
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def _fetch_span(path):
+    """(oldest, newest) ``_fetched_at`` of a staged file from its footer statistics, or None."""
+    try:
+        meta = pq.read_metadata(path)
+        i = meta.schema.to_arrow_schema().get_field_index(FETCHED_AT)
+        if i < 0:
+            return None
+        lows, highs = [], []
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(i).statistics
+            if stats is None or not stats.has_min_max:
+                return None
+            lows.append(stats.min)
+            highs.append(stats.max)
+    except (OSError, pa.ArrowException, ValueError):
+        return None
+    if not lows:
+        return None
+    return min(lows), max(highs)
+
+
+def _read_report(path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _quarantine_files(quarantine_dir):
+    """Files waiting in quarantine now, per task type (their error reports counted)."""
+    root = quarantine_dir
+    if not root.is_dir():
+        return {}
+    counts = Counter(p.parent.name for p in root.glob("*/*.error.json"))
+    return dict(sorted(counts.items()))

@@ -107,6 +107,12 @@ def collect(config, snapshot_name="loader.json"):
         "rows_per_second": snap.get("rows_per_second") if snap else None,
         "since_start": snap.get("since_start") if running else None,
         "retry": snap.get("retry") if running else None,
+        # The running loader's own figures, as its get_status() (and /metrics) has them.
+        "task_types": snap.get("task_types") if running else None,
+        "lag": snap.get("lag") if running else None,
+        "threads": snap.get("threads") if running else None,
+        "config": snap.get("config") if running else None,
+        "metrics_address": snap.get("metrics_address") if running else None,
         "manifest": manifest or {},
         "quarantined": {t: [r.get("file") for r in reports] for t, reports in quarantined.items()},
     }
@@ -123,6 +129,13 @@ def render(st):
         pace = "slowly, past max_retries" if r["slow"] else "with backoff"
         lines.append(f"  database busy since {r['since']}: retry {r['attempts']} {pace},"
                      f" every {r['delay']:g}s: {r['error']}")
+    cfg = st.get("config") or {}
+    if cfg.get("error"):
+        lines.append(f"  configuration edit refused, running with the previous values: {cfg['error']}")
+    if cfg.get("restart_required"):
+        lines.append(f"  changed, takes effect after a restart: {', '.join(cfg['restart_required'])}")
+    if st.get("metrics_address"):
+        lines.append(f"  serving /metrics, /healthz, /readyz on http://{st['metrics_address']}")
     if st["database_busy"]:
         lines.append(f"database {st['database']}: {st['database_busy']} (figures from its snapshot)")
     else:

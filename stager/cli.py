@@ -10,16 +10,20 @@ import time
 
 import click
 
+from . import logs
 from .config import load_config
 from .exceptions import ConfigError
 
 log = logging.getLogger("duckstage.stager")
+LOG_FORMAT = "duckstage.log_format"  # key in click's ctx.meta
 
 
-def setup_logging(level):
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
+def setup_logging(level, fmt=None):
+    """Log to stderr as the --log-format option asks (text unless told otherwise)."""
+    if fmt is None:
+        ctx = click.get_current_context(silent=True)
+        fmt = ctx.meta.get(LOG_FORMAT, "text") if ctx else "text"
+    logs.setup(level, fmt, process="stager")
 
 
 def load_or_exit(config_path):
@@ -39,19 +43,25 @@ class _Cli(click.Group):
 @click.group(cls=_Cli)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Configuration file (default: $DUCKSTAGE_CONFIG, else config/duckstage.yaml).")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
+              help="text: human-readable lines; json: one JSON object per line.")
 @click.pass_context
-def main(ctx, config_path):
+def main(ctx, config_path, log_format):
     """duckstage stager: stage Huey results of process_fetched_data into sealed Parquet files.
 
-    Example: stager --config config/duckstage.yaml run
+    Example: stager --config config/duckstage.yaml --log-format json run
     """
     ctx.obj = config_path
+    ctx.meta[LOG_FORMAT] = log_format
 
 
 @main.command()
 @click.pass_obj
 def run(config_path):
     """Run the stager until SIGTERM or SIGINT, then seal every buffer and exit 0.
+
+    SIGHUP (or an edit of the config file) applies the live settings.
+    With stager.metrics_port set it serves /metrics, /healthz and /readyz.
 
     Example: stager run
     """
@@ -67,9 +77,17 @@ def run(config_path):
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    stager = Stager(config)
+    try:
+        stager = Stager(config)
+    except ConfigError as exc:  # a processor registered by an entry point that does not import
+        raise click.ClickException(f"configuration refused: {exc}") from None
     signal.signal(signal.SIGHUP, lambda *_: stager.reload_requested.set())
-    stager.start()
+    try:
+        stager.start()
+    except OSError as exc:
+        s = config.stager
+        raise click.ClickException(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} "
+                                   f"(stager.metrics_port): {exc.strerror or exc}") from None
     stop.wait()
     clean = stager.stop()
     sys.exit(0 if clean else 1)

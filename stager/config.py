@@ -54,6 +54,15 @@ def _positive_num(default, live=True):
     return Key(default, _num, "a positive number of seconds", lambda v: v > 0, live)
 
 
+def _metrics_keys():
+    """The HTTP port of /metrics, /healthz and /readyz (one per process; 0: off) and its address."""
+    return {
+        "metrics_port": Key(0, int, "a TCP port from 1 to 65535, or 0 for off", lambda v: 0 <= v <= 65535),
+        "metrics_host": Key("127.0.0.1", str, "an address to listen on, e.g. 127.0.0.1 or 0.0.0.0",
+                            lambda v: bool(v.strip())),
+    }
+
+
 # Batch settings that may also be set per task type under stager.task_types.
 BATCH_KEYS = {
     "batch_size": _positive_int("a positive number of rows", live=True, default=1000),
@@ -79,6 +88,7 @@ SPEC = {
         "shutdown_timeout": _positive_num(60, live=False),
         "status_interval": _positive_num(1.0),
         "task_types": Key({}, dict, "a mapping of task type -> {batch_size, batch_bytes, batch_timeout}", live=True),
+        **_metrics_keys(),
     },
     "loader": {
         "database": Key("warehouse.duckdb", str, "a file path", lambda v: bool(v.strip())),
@@ -90,6 +100,7 @@ SPEC = {
         "new_columns": Key("add", str, "one of add, quarantine, ignore", lambda v: v in ("add", "quarantine", "ignore"), True),
         "archive_retention_days": Key(0, _num, "a number of days >= 0 (0 keeps archives forever)", lambda v: v >= 0, True),
         "idle_release": Key(2.0, _num, "a number of seconds >= 0", lambda v: v >= 0, True),
+        **_metrics_keys(),
     },
 }
 
@@ -118,6 +129,8 @@ class StagerConfig:
     shutdown_timeout: float
     status_interval: float
     task_types: dict = field(default_factory=dict)  # task type -> BatchSettings
+    metrics_port: int = 0  # 0: no HTTP endpoint
+    metrics_host: str = "127.0.0.1"
 
     def batch_for(self, task_type):
         return self.task_types.get(task_type, self.batch)
@@ -134,6 +147,8 @@ class LoaderConfig:
     new_columns: str
     archive_retention_days: float
     idle_release: float
+    metrics_port: int = 0  # 0: no HTTP endpoint
+    metrics_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -255,6 +270,8 @@ def from_mapping(raw, source="<mapping>", config_dir=None, cwd=None):
             shutdown_timeout=s["shutdown_timeout"],
             status_interval=s["status_interval"],
             task_types=overrides,
+            metrics_port=s["metrics_port"],
+            metrics_host=s["metrics_host"],
         ),
         loader=LoaderConfig(
             database=under_data(lo["database"]),
@@ -323,7 +340,8 @@ def reload_config(current):
         stager=replace(current.stager, batch=new.stager.batch, task_types=new.stager.task_types,
                        queue_check_interval=new.stager.queue_check_interval,
                        status_interval=new.stager.status_interval),
-        loader=replace(new.loader, database=current.loader.database),
+        loader=replace(current.loader, **{k: getattr(new.loader, k)
+                                          for k, rule in SPEC["loader"].items() if rule.live}),
     )
     return merged, restart
 
@@ -350,6 +368,7 @@ def _as_mapping(config):
                    "batch_bytes": s.batch.batch_bytes, "batch_timeout": s.batch.batch_timeout,
                    "queue_check_interval": s.queue_check_interval, "run_huey_consumer": s.run_huey_consumer,
                    "shutdown_timeout": s.shutdown_timeout, "status_interval": s.status_interval,
-                   "task_types": {k: vars(v) for k, v in s.task_types.items()}},
+                   "task_types": {k: vars(v) for k, v in s.task_types.items()},
+                   "metrics_port": s.metrics_port, "metrics_host": s.metrics_host},
         "loader": {k: (str(v) if k == "database" else v) for k, v in vars(lo).items()},
     }

@@ -8,6 +8,11 @@ does both.
 
 Acknowledgement rule (guarantee 1): a claim is acknowledged only after every
 row of it is in a sealed file or in the (fsynced) dead letter.
+
+Operations: ``get_status()`` is the one source of the numbers; the status
+snapshot (``data/run/stager.json``, read by ``stager status``) and, when
+``stager.metrics_port`` is set, ``/metrics`` (stager.metrics) are both built
+from it.
 """
 
 import json
@@ -18,17 +23,38 @@ import threading
 import time
 from collections import Counter, deque
 
+import pyarrow.compute as pc
+
 from . import staging
 from .backoff import Backoff
 from .buffer import Buffer, dedup
 from .clean import Part, clean_many
 from .deadletter import DeadLetter
 from .config import reload_config
+from .datasets import FETCHED_AT
 from .exceptions import ConfigError, ResourceError
+from .ops import LagHistogram, OpsServer, StatusCollector, writable
+from .results import utcnow
 from .sources import QueueSource, ResultSource
 from .tasks import build_huey
 
 log = logging.getLogger("duckstage.stager")
+
+
+def _current_delay(backoff):
+    """The delay the backoff last handed out (0 when not backing off)."""
+    if not backoff.attempts:
+        return 0
+    return min(backoff.cap, backoff.initial * backoff.factor ** (backoff.attempts - 1))
+
+
+def _reason_class(reason):
+    """A dead-letter reason as one of a few labels (the reason text itself is in the file)."""
+    if "required value is missing" in reason:
+        return "missing_value"
+    if "does not match" in reason:
+        return "pattern"
+    return "invalid_value"
 
 
 class Stager:
@@ -60,6 +86,11 @@ class Stager:
         self.reload_requested = threading.Event()  # SIGHUP sets it
         self._config_mtime = self._mtime()
         self.config_error = None  # the last refused edit of the config file
+        self.config_reloads = 0
+        self.restart_required = []  # changed keys that wait for a restart
+        self.deadletter_reasons = {}  # task type -> Counter(reason class)
+        self.seal_lag = LagHistogram()
+        self.ops = None  # the /metrics, /healthz, /readyz server when metrics_port is set
 
     # --- lifecycle --------------------------------------------------------
 
@@ -76,13 +107,24 @@ class Stager:
         self.state = "running"
 
     def start(self):
+        """Serve the ops endpoint (if configured), prepare, start the threads.
+
+        Raises OSError when the metrics port cannot be bound, before any thread runs.
+        """
+        if self.config.stager.metrics_port:
+            from .metrics import families
+
+            self.ops = OpsServer(self.config.stager.metrics_host, self.config.stager.metrics_port,
+                                 StatusCollector(self.get_status, families), self.health, self.ready,
+                                 "stager").start()
         self.prepare()
         for i in range(self.config.stager.worker_threads):
             self._spawn(f"worker-{i}", self._work_loop)
         self._spawn("sealer", self._seal_loop)
         self._spawn("status", self._status_loop)
         log.info("stager %s started: %d worker threads, source=%s, data_dir=%s", self.instance,
-                 self.config.stager.worker_threads, self.source.kind, self.config.data_dir)
+                 self.config.stager.worker_threads, self.source.kind, self.config.data_dir,
+                 extra={"event": "started", "instance": self.instance})
         return self
 
     def stop(self, timeout=None):
@@ -101,9 +143,12 @@ class Stager:
         alive = [t.name for t in self._threads if t.is_alive()]
         self.state = "stopped" if not alive else "stopped-with-stragglers"
         self.write_status()
+        if self.ops is not None:
+            self.ops.stop()
         self.huey.storage.close()
         log.info("stager %s stopped: sealed %d file(s) at shutdown%s", self.instance, sealed,
-                 f"; threads still running: {alive}" if alive else "")
+                 f"; threads still running: {alive}" if alive else "",
+                 extra={"event": "stopped", "files": sealed})
         return not alive
 
     def _spawn(self, name, target):
@@ -198,8 +243,12 @@ class Stager:
         self.deadletter.write(result.task_type or "", [(r, reason) for r in rows],
                               result.task_id, result.params, known=known)
         self._count(result.task_type if known else None, deadlettered=len(rows), tasks=1)
+        self._dead_reason(result.task_type if known else None,
+                          "unreadable_task" if result.error else "unknown_task_type", len(rows))
         self._error("data_format", len(rows))
-        log.warning("task %s: %d row(s) dead-lettered: %s", result.task_id, len(rows), reason.splitlines()[0])
+        log.warning("task %s: %d row(s) dead-lettered: %s", result.task_id, len(rows), reason.splitlines()[0],
+                    extra={"event": "dead_lettered", "task_id": result.task_id, "task_type": result.task_type,
+                           "rows": len(rows)})
         self.source.ack([claim.token])
         return len(rows)
 
@@ -220,19 +269,24 @@ class Stager:
                 r = results[i]
                 self.deadletter.write(dataset.name, rows, r.task_id, r.params)
                 log.warning("task %s: %d of %d %s row(s) dead-lettered, first: %s", r.task_id,
-                            len(rows), r.rows, dataset.name, rows[0][1])
+                            len(rows), r.rows, dataset.name, rows[0][1],
+                            extra={"event": "dead_lettered", "task_id": r.task_id, "task_type": dataset.name,
+                                   "rows": len(rows)})
+                for _row, reason in rows:
+                    self._dead_reason(dataset.name, _reason_class(reason))
             self._error("data_format", len(cleaned.bad))
         rows_in = sum(r.rows for r in results)
         self._count(dataset.name, tasks=len(results), rows_in=rows_in, deadlettered=len(cleaned.bad))
+        table, counts = cleaned.table, cleaned.counts
         settings = self.config.stager.batch_for(dataset.name)
         offset, empty = 0, []
         with buffer.lock:
             # Task by task, so a file rotates at batch_size however many tasks were cleaned together.
-            for claim, result, count in zip(claims, results, cleaned.counts):
+            for claim, result, count in zip(claims, results, counts):
                 if not count:
                     empty.append(claim.token)  # every row dead-lettered (fsynced): done
                     continue
-                buffer.append(cleaned.table.slice(offset, count), [claim.token], [result.task_id], now)
+                buffer.append(table.slice(offset, count), [claim.token], [result.task_id], now)
                 offset += count
                 if buffer.due(settings, now) in ("rows", "bytes"):
                     self._seal(buffer)
@@ -286,14 +340,26 @@ class Stager:
         except ResourceError as exc:
             buffer.put_back(table, tokens, task_ids, opened_at)
             self._error("system_resource")
+            self._count(dataset.name, seal_failures=1)
             self.sealing_error = str(exc)
             raise
         self.seal_backoff.reset()
         self.sealing_error = None
         self._ack(tokens)
         self._count(dataset.name, files=1, rows_staged=table.num_rows, superseded=superseded)
-        log.info("sealed %s: %d rows from %d task(s)", final.name, table.num_rows, len(tokens))
+        lag = self._lag(table)
+        if lag is not None:
+            self.seal_lag.observe(dataset.name, lag)
+        log.info("sealed %s: %d rows from %d task(s)", final.name, table.num_rows, len(tokens),
+                 extra={"event": "sealed", "task_type": dataset.name, "file": final.name,
+                        "rows": table.num_rows, "tasks": len(tokens), "lag_seconds": lag})
         return 1
+
+    @staticmethod
+    def _lag(table):
+        """Seconds from the oldest row's fetch (or enqueue) time until now, or None."""
+        oldest = pc.min(table.column(FETCHED_AT)).as_py()
+        return None if oldest is None else round((utcnow() - oldest).total_seconds(), 3)
 
     def _ack(self, tokens):
         tokens = [t for t in tokens if t is not None]
@@ -322,6 +388,10 @@ class Stager:
             self._seq += 1
             return self._seq
 
+    def _dead_reason(self, task_type, reason, n=1):
+        with self._stats_lock:
+            self.deadletter_reasons.setdefault(task_type or "_unknown", Counter())[reason] += n
+
     def _count(self, task_type, **values):
         with self._stats_lock:
             self.stats.setdefault(task_type or "_unknown", Counter()).update(values)
@@ -348,15 +418,19 @@ class Stager:
             new, restart = reload_config(self.config)
         except ConfigError as exc:
             self.config_error = str(exc)
-            log.error("configuration edit refused, keeping the running values: %s", exc)
+            log.error("configuration edit refused, keeping the running values: %s", exc,
+                      extra={"event": "config_refused"})
             return False
         self.config_error = None
         self.config = new
+        self.config_reloads += 1
         logging.getLogger("duckstage").setLevel(new.log_level)
         logging.getLogger().setLevel(new.log_level)
-        log.info("configuration reloaded from %s", new.source)
-        if restart:
-            log.warning("changed key(s) that need a restart to take effect: %s", ", ".join(restart))
+        log.info("configuration reloaded from %s", new.source, extra={"event": "config_reloaded"})
+        self.restart_required = [k for k in restart if not k.startswith("loader.")]
+        if self.restart_required:
+            log.warning("changed key(s) that need a restart to take effect: %s", ", ".join(self.restart_required),
+                        extra={"event": "config_restart_required"})
         return True
 
     # --- status -----------------------------------------------------------
@@ -370,8 +444,12 @@ class Stager:
                 per_type[name] = {
                     "tasks": counter["tasks"], "rows_in": counter["rows_in"],
                     "rows_staged": counter["rows_staged"], "files_sealed": counter["files"],
+                    "seal_failures": counter["seal_failures"],
                     "rows_deadlettered": counter["deadlettered"], "rows_superseded": counter["superseded"],
+                    "rows_filtered": counter["rows_filtered"],
+                    "deadlettered_by_reason": dict(self.deadletter_reasons.get(name, {})),
                     "buffer_rows": buffer.rows if buffer else 0,
+                    "buffer_bytes": buffer.nbytes if buffer else 0,
                     "buffer_age_seconds": round(buffer.age(now), 3) if buffer else 0.0,
                 }
             rate = 0.0
@@ -380,6 +458,7 @@ class Stager:
                 rate = (r1 - r0) / (t1 - t0)
         try:
             backlog = self.source.backlog()
+            backlog.setdefault("result_store", self.huey.storage.result_store_size())
         except Exception as exc:  # noqa: BLE001 - status must answer even if Huey storage is busy
             backlog = {"error": str(exc)}
         return {
@@ -398,9 +477,36 @@ class Stager:
             "errors": dict(self.errors),
             "threads": dict(self._thread_state),
             "sealing_error": self.sealing_error,
+            "seal_retry": {"attempts": self.seal_backoff.attempts, "delay": _current_delay(self.seal_backoff)},
+            "seal_lag": self.seal_lag.snapshot(),
             "config_error": self.config_error,
+            "config": {"source": self.config.source, "error": self.config_error, "reloads": self.config_reloads,
+                       "restart_required": list(self.restart_required), "log_level": self.config.log_level},
             "batch": {name: vars(self.config.stager.batch_for(name)) for name in self.buffers},
+            "metrics_address": self.ops.address if self.ops else None,
         }
+
+    # --- health -----------------------------------------------------------
+
+    def health(self):
+        """Problems that mean the process is not alive and working (empty: healthy)."""
+        problems = [] if self.state == "running" else [f"stager is {self.state}"]
+        problems += [f"thread {t.name} is not running" for t in self._threads if not t.is_alive()]
+        return problems
+
+    def ready(self):
+        """Problems that keep the stager from doing its work (empty: ready)."""
+        problems = self.health()
+        try:
+            self.huey.storage.queue_size()
+        except Exception as exc:  # noqa: BLE001 - any failure here is the answer to the probe
+            problems.append(f"Huey storage {self.config.huey.path} unreachable: {exc}")
+        reason = writable(self.config.staging_dir)
+        if reason:
+            problems.append(f"staging: {reason}")
+        if self.sealing_error:
+            problems.append(f"sealing fails: {self.sealing_error}")
+        return problems
 
     def write_status(self):
         path = self.config.run_dir / "stager.json"

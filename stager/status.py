@@ -78,3 +78,15 @@ def render(report):
         console.print(f"rows/s: {proc.get('rows_per_second', 0)}   errors: {proc.get('errors') or 'none'}   "
                       f"sealing: {proc.get('sealing_error') or 'ok'}")
         console.print("threads: " + ", ".join(f"{k}={v}" for k, v in sorted(proc.get("threads", {}).items())))
+        reasons = {t: r for t, body in per_type.items() if (r := body.get("deadlettered_by_reason"))}
+        for name, r in sorted(reasons.items()):
+            console.print(f"dead-lettered {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(r.items())))
+        for name, spec in sorted((proc.get("processors") or {}).items()):
+            console.print(f"processor {name}: {spec}")
+        cfg = proc.get("config") or {}
+        if cfg.get("error"):
+            console.print(f"configuration edit refused, running with the previous values: {cfg['error']}")
+        if cfg.get("restart_required"):
+            console.print(f"changed, takes effect after a restart: {', '.join(cfg['restart_required'])}")
+        if proc.get("metrics_address"):
+            console.print(f"serving /metrics, /healthz, /readyz on http://{proc['metrics_address']}")

@@ -1,0 +1,157 @@
+"""The loader's Prometheus metrics, built from ``Loader.get_status()`` (see stager.ops).
+
+Every metric here is a reading of one status field, so ``loader status`` and
+``/metrics`` show the same numbers. Counters count since the process started.
+"""
+
+import datetime as dt
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from stager.ops import histogram_buckets
+
+TT = ["task_type"]
+STATES = ("idle", "loading", "retrying", "stopped")
+
+# Quarantine reasons, from the start of the error a file was refused with.
+_REASONS = (
+    ("unreadable Parquet", "unreadable"),
+    ("is not a sealed staged file name", "wrong_file"),
+    ("file name says task type", "wrong_file"),
+    ("footer says task type", "wrong_file"),
+    ("primary-key column", "missing_key"),
+    ("a different file with the name", "checksum_mismatch"),
+    ("(loader.new_columns: quarantine)", "new_column"),
+    ("in the file but", "column_type"),
+    ("refused", "table_refused"),
+)
+
+
+def quarantine_reason(error):
+    """A quarantine error report's ``error`` as one of a few labels."""
+    for needle, reason in _REASONS:
+        if needle in error:
+            return reason
+    return "other"
+
+
+def _timestamp(iso):
+    try:
+        return dt.datetime.fromisoformat(iso).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def families(st):
+    """Metric families of one loader status dict."""
+    per_type = st.get("task_types", {})
+
+    def per_task_type(kind, name, doc, key):
+        fam = kind(name, doc, labels=TT)
+        for task_type, t in sorted(per_type.items()):
+            fam.add_metric([task_type], t.get(key) or 0)
+        return fam
+
+    yield GaugeMetricFamily("duckstage_loader_up", "1 while the loader runs", value=0 if st.get("state") == "stopped"
+                            else 1)
+    if st.get("started_at"):
+        yield GaugeMetricFamily("duckstage_loader_start_time_seconds", "When the loader started (unix time)",
+                                value=st["started_at"])
+    state = GaugeMetricFamily("duckstage_loader_state", "1 for the loader's current state", labels=["state"])
+    for name in STATES:
+        state.add_metric([name], 1 if st.get("state") == name else 0)
+    yield state
+
+    yield per_task_type(CounterMetricFamily, "duckstage_loader_files_loaded", "Staged files merged", "files_loaded")
+    yield per_task_type(CounterMetricFamily, "duckstage_loader_files_skipped",
+                        "Staged files already in the manifest (merged before a crash), archived", "files_skipped")
+    yield per_task_type(CounterMetricFamily, "duckstage_loader_rows", "Rows read from merged files", "rows")
+    yield per_task_type(CounterMetricFamily, "duckstage_loader_rows_inserted", "Rows inserted by MERGE", "inserted")
+    yield per_task_type(CounterMetricFamily, "duckstage_loader_rows_updated", "Rows updated by MERGE", "updated")
+
+    batches = CounterMetricFamily("duckstage_loader_batches",
+                                  "Batch saves (a task type's load cycle) by result; failed: the database was busy",
+                                  labels=["task_type", "result"])
+    for task_type, t in sorted(per_type.items()):
+        batches.add_metric([task_type, "ok"], t.get("batches_ok", 0))
+        batches.add_metric([task_type, "failed"], t.get("batches_failed", 0))
+    yield batches
+
+    quarantined = CounterMetricFamily("duckstage_loader_files_quarantined", "Files sent to quarantine, by reason",
+                                      labels=["task_type", "reason"])
+    for task_type, t in sorted(per_type.items()):
+        for reason, n in sorted((t.get("quarantined_by_reason") or {}).items()):
+            quarantined.add_metric([task_type, reason], n)
+    yield quarantined
+    waiting = GaugeMetricFamily("duckstage_loader_quarantine_files", "Files in quarantine now", labels=TT)
+    for task_type, n in sorted((st.get("quarantine_files") or {}).items()):
+        waiting.add_metric([task_type], n)
+    yield waiting
+
+    pending = GaugeMetricFamily("duckstage_loader_pending_files", "Sealed files waiting in staging/", labels=TT)
+    for task_type in sorted(per_type):
+        pending.add_metric([task_type], (st.get("pending_files") or {}).get(task_type, 0))
+    yield pending
+    unknown = GaugeMetricFamily("duckstage_loader_unknown_task_type_files",
+                                "Sealed files of a task type not in datasets.yaml (never loaded)", labels=TT)
+    for task_type, n in sorted((st.get("unknown_task_types") or {}).items()):
+        unknown.add_metric([task_type], n)
+    yield unknown
+
+    last = GaugeMetricFamily("duckstage_loader_last_load_timestamp_seconds",
+                             "When a load of this task type last committed (unix time)", labels=TT)
+    for task_type, t in sorted(per_type.items()):
+        if t.get("last_loaded_at"):
+            last.add_metric([task_type], t["last_loaded_at"])
+    yield last
+    manifest_last = GaugeMetricFamily("duckstage_loader_manifest_last_loaded_timestamp_seconds",
+                                      "Latest load in the manifest, this process or earlier ones (unix time)",
+                                      labels=TT)
+    for task_type, m in sorted((st.get("manifest") or {}).items()):
+        ts = _timestamp(m.get("last_loaded_at"))
+        if ts is not None:
+            manifest_last.add_metric([task_type], ts)
+    yield manifest_last
+
+    lag = HistogramMetricFamily("duckstage_loader_lag_seconds",
+                                "End-to-end lag per merged file: its oldest row's fetch (or enqueue) time to commit",
+                                labels=TT)
+    for task_type, h in sorted((st.get("lag") or {}).items()):
+        lag.add_metric([task_type], histogram_buckets(h), sum_value=h["sum"])
+    yield lag
+    last_lag = GaugeMetricFamily("duckstage_loader_last_lag_seconds",
+                                 "End-to-end lag of the last commit: oldest and newest row", labels=["task_type", "edge"])
+    for task_type, t in sorted(per_type.items()):
+        for edge, value in sorted((t.get("last_lag_seconds") or {}).items()):
+            last_lag.add_metric([task_type, edge], value)
+    yield last_lag
+
+    yield GaugeMetricFamily("duckstage_loader_rows_per_second", "Rows merged per second in the last load cycle",
+                            value=st.get("rows_per_second") or 0)
+    yield GaugeMetricFamily("duckstage_loader_database_open", "1 while the loader holds the database",
+                            value=1 if st.get("database_open") else 0)
+
+    retry = st.get("retry") or {}
+    yield CounterMetricFamily("duckstage_loader_retries", "Times the database was busy and a retry was scheduled",
+                              value=st.get("retries", 0))
+    yield GaugeMetricFamily("duckstage_loader_retry_attempts", "Consecutive busy attempts (0: not retrying)",
+                            value=retry.get("attempts", 0))
+    yield GaugeMetricFamily("duckstage_loader_retry_delay_seconds", "The current retry delay",
+                            value=retry.get("delay", 0))
+    yield GaugeMetricFamily("duckstage_loader_retry_slow", "1 once retries went past max_retries",
+                            value=1 if retry.get("slow") else 0)
+
+    threads = GaugeMetricFamily("duckstage_loader_thread_state", "1 for each thread's current state",
+                                labels=["thread", "state"])
+    for thread, s in sorted((st.get("threads") or {}).items()):
+        threads.add_metric([thread, s], 1)
+    yield threads
+
+    cfg = st.get("config") or {}
+    yield GaugeMetricFamily("duckstage_loader_config_error", "1 while the last edit of the config file is refused",
+                            value=1 if cfg.get("error") else 0)
+    yield CounterMetricFamily("duckstage_loader_config_reloads", "Configuration edits applied live",
+                              value=cfg.get("reloads", 0))
+    yield GaugeMetricFamily("duckstage_loader_config_restart_required",
+                            "Changed keys that take effect only after a restart",
+                            value=len(cfg.get("restart_required") or []))
