@@ -354,8 +354,8 @@ def _rule(dotted):
 
 
 def _datasets_changed(a, b):
-    return [(d.name, d.columns, d.primary_key, d.version_order) for d in a.datasets] != \
-        [(d.name, d.columns, d.primary_key, d.version_order) for d in b.datasets]
+    return [(d.name, d.columns, d.primary_key, d.version_order, d.processor) for d in a.datasets] != \
+        [(d.name, d.columns, d.primary_key, d.version_order, d.processor) for d in b.datasets]
 
 
 def _as_mapping(config):

@@ -6,7 +6,7 @@ DuckDB table and its staging sub-folder.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import yaml
@@ -54,6 +54,8 @@ class Dataset:
     anchor_param: str = None
     anchor_column: str = None
     source: str = ""
+    processor: str = None  # "module:function" (stager.processors), or None
+    transform: object = field(default=None, compare=False, repr=False)  # the imported function
 
     @property
     def system_columns(self):
@@ -142,14 +144,14 @@ def parse_datasets(raw, source="<datasets>"):
     entries = raw.get("datasets")
     if not isinstance(entries, dict) or not entries:
         fail("datasets", "a mapping of task type -> dataset", entries)
-    return Datasets([_parse_one(name, body, fail) for name, body in entries.items()], version, str(source))
+    return Datasets([_parse_one(name, body, fail, source) for name, body in entries.items()], version, str(source))
 
 
-_DATASET_KEYS = {"source", "primary_key", "version_order", "anchor", "columns"}
+_DATASET_KEYS = {"source", "primary_key", "version_order", "anchor", "columns", "processor"}
 _COLUMN_KEYS = {"name", "type", "nullable", "pattern", "note", "api_default"}
 
 
-def _parse_one(name, body, fail):
+def _parse_one(name, body, fail, origin="<datasets>"):
     where = f"datasets.{name}"
     if not isinstance(name, str) or not NAME_RE.match(name):
         fail(where, "a task type name of lower-case letters, digits and _", name)
@@ -222,6 +224,14 @@ def _parse_one(name, body, fail):
             fail(f"{where}.version_order", f"declared columns or {FETCHED_AT}"
                  + (f", {ANCHOR_DATE}" if anchor_param else "") + f" ({c} is not one)", version_order)
 
+    processor = body.get("processor")
+    transform = None
+    if processor is not None:
+        # Imported now, so a typo is refused at start-up rather than at the first task.
+        from .processors import load_callable
+
+        transform = load_callable(processor, origin, f"{where}.processor")
+
     source = body.get("source", "")
     return Dataset(name, tuple(pk), tuple(version_order), tuple(columns),
-                   anchor_param, anchor_column, str(source))
+                   anchor_param, anchor_column, str(source), processor, transform)

@@ -12,7 +12,8 @@ row of it is in a sealed file or in the (fsynced) dead letter.
 Operations: ``get_status()`` is the one source of the numbers; the status
 snapshot (``data/run/stager.json``, read by ``stager status``) and, when
 ``stager.metrics_port`` is set, ``/metrics`` (stager.metrics) are both built
-from it.
+from it. A task type's custom processor (stager.processors) runs on the
+cleaned rows before they are buffered.
 """
 
 import json
@@ -23,9 +24,10 @@ import threading
 import time
 from collections import Counter, deque
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import staging
+from . import processors, staging
 from .backoff import Backoff
 from .buffer import Buffer, dedup
 from .clean import Part, clean_many
@@ -88,6 +90,7 @@ class Stager:
         self.config_error = None  # the last refused edit of the config file
         self.config_reloads = 0
         self.restart_required = []  # changed keys that wait for a restart
+        self.transforms = processors.for_datasets(config.datasets)  # task type -> processors.Registered
         self.deadletter_reasons = {}  # task type -> Counter(reason class)
         self.seal_lag = LagHistogram()
         self.ops = None  # the /metrics, /healthz, /readyz server when metrics_port is set
@@ -125,6 +128,9 @@ class Stager:
         log.info("stager %s started: %d worker threads, source=%s, data_dir=%s", self.instance,
                  self.config.stager.worker_threads, self.source.kind, self.config.data_dir,
                  extra={"event": "started", "instance": self.instance})
+        for name, reg in self.transforms.items():
+            log.info("%s: processor %s (from %s)", name, reg.spec, reg.origin,
+                     extra={"event": "processor", "task_type": name})
         return self
 
     def stop(self, timeout=None):
@@ -278,13 +284,15 @@ class Stager:
         rows_in = sum(r.rows for r in results)
         self._count(dataset.name, tasks=len(results), rows_in=rows_in, deadlettered=len(cleaned.bad))
         table, counts = cleaned.table, cleaned.counts
+        if dataset.name in self.transforms and table.num_rows:
+            table, counts = self._transform(self.transforms[dataset.name], dataset, results, table, counts)
         settings = self.config.stager.batch_for(dataset.name)
         offset, empty = 0, []
         with buffer.lock:
             # Task by task, so a file rotates at batch_size however many tasks were cleaned together.
             for claim, result, count in zip(claims, results, counts):
                 if not count:
-                    empty.append(claim.token)  # every row dead-lettered (fsynced): done
+                    empty.append(claim.token)  # every row dead-lettered (fsynced) or filtered: done
                     continue
                 buffer.append(table.slice(offset, count), [claim.token], [result.task_id], now)
                 offset += count
@@ -293,6 +301,58 @@ class Stager:
         if empty:
             self.source.ack(empty)
         return rows_in
+
+    def _transform(self, registered, dataset, results, table, counts):
+        """Run a task type's processor; rows it rejects or fails on go to the dead letter.
+
+        Returns the rows to buffer and their count per task (in ``results`` order).
+        """
+        ids = [r.task_id or "" for r in results]
+        if len(set(ids)) < len(ids):
+            # Rows are attributed to tasks by _task_id: tasks without distinct ids go one by one.
+            parts, offset = [], 0
+            for i, count in enumerate(counts):
+                part = table.slice(offset, count)
+                offset += count
+                if count:
+                    part, (count,) = self._transform(registered, dataset, [results[i]], part, [count])
+                parts.append((part, count))
+            return pa.concat_tables([p for p, _ in parts]), [c for _, c in parts]
+        try:
+            applied = processors.apply(registered, dataset, table, ids)
+        except processors.Refused as exc:
+            reason = str(exc)
+            offset = 0
+            declared = [c.name for c in dataset.columns]
+            for r, count in zip(results, counts):
+                if count:
+                    rows = table.slice(offset, count).select(declared).to_pylist()
+                    self.deadletter.write(dataset.name, [(row, reason) for row in rows], r.task_id, r.params)
+                offset += count
+            n = table.num_rows
+            self._count(dataset.name, deadlettered=n)
+            self._dead_reason(dataset.name, "processor_error", n)
+            self._error("data_format", n)
+            log.error("%s: %d row(s) of %d task(s) dead-lettered: %s", dataset.name, n, len(results), reason,
+                      extra={"event": "processor_failed", "task_type": dataset.name,
+                             "task_id": ",".join(i for i in ids if i), "rows": n})
+            return table.slice(0, 0), [0] * len(results)
+        if applied.rejected:
+            by_part = {}
+            for i, row, reason in applied.rejected:
+                by_part.setdefault(i, []).append((row, reason))
+            for i, rows in by_part.items():
+                self.deadletter.write(dataset.name, rows, results[i].task_id, results[i].params)
+            n = len(applied.rejected)
+            self._count(dataset.name, deadlettered=n)
+            self._dead_reason(dataset.name, "processor_rejected", n)
+            self._error("data_format", n)
+            log.warning("%s: processor rejected %d row(s), first: %s", dataset.name, n, applied.rejected[0][2],
+                        extra={"event": "dead_lettered", "task_type": dataset.name, "rows": n})
+        filtered = table.num_rows - applied.table.num_rows - len(applied.rejected)
+        if filtered > 0:
+            self._count(dataset.name, rows_filtered=filtered)
+        return applied.table, applied.counts
 
     def seal_due(self, now=None):
         """Seal every buffer that is full or older than its batch_timeout; return files sealed."""
@@ -483,6 +543,7 @@ class Stager:
             "config": {"source": self.config.source, "error": self.config_error, "reloads": self.config_reloads,
                        "restart_required": list(self.restart_required), "log_level": self.config.log_level},
             "batch": {name: vars(self.config.stager.batch_for(name)) for name in self.buffers},
+            "processors": {name: reg.spec for name, reg in self.transforms.items()},
             "metrics_address": self.ops.address if self.ops else None,
         }
 
