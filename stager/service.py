@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -73,6 +74,8 @@ class Stager:
         self.stopped_event = threading.Event()  # set: workers stop claiming
         self._halt = threading.Event()  # set: timer threads stop
         self._seq_lock = threading.Lock()
+        self._recover_lock = threading.Lock()
+        self._recovered = False
         self._seq = 0
         self._threads = []
         self._thread_state = {}
@@ -103,9 +106,11 @@ class Stager:
             folder.mkdir(parents=True, exist_ok=True)
         for path in staging.remove_leftovers(self.config.staging_dir):
             log.warning("removed leftover temporary file %s (its task is re-run)", path)
-        moved = self.source.recover()
-        if moved:
-            log.warning("re-queued %d task(s) leased by an earlier stager that did not finish", moved)
+        try:
+            self._recover()
+        except sqlite3.Error as exc:  # huey.db locked by another process: the workers retry
+            self._error("database_connection")
+            log.warning("Huey storage: %s; recovering leases when it is free", exc)
         self.started_at = time.time()
         self.state = "running"
 
@@ -165,7 +170,7 @@ class Stager:
 
     def _work_loop(self):
         name = threading.current_thread().name
-        cfg = self.config.stager
+        queue_backoff = Backoff(0.1, 2.0, 30.0)
         while not self.stopped_event.is_set():
             self._thread_state[name] = "working"
             try:
@@ -175,9 +180,23 @@ class Stager:
                 log.error("%s: %s; pausing", name, exc)
                 self.stopped_event.wait(self.seal_backoff.next())
                 continue
+            except sqlite3.Error as exc:  # Huey's SQLite file locked or failing: retry, lose nothing
+                self._thread_state[name] = "paused"
+                self._error("database_connection")
+                delay = queue_backoff.next()
+                log.warning("%s: Huey storage: %s; retrying in %.1fs", name, exc, delay)
+                self.stopped_event.wait(delay)
+                continue
+            except Exception:  # noqa: BLE001 - a bug must not silently end a worker
+                self._thread_state[name] = "paused"
+                self._error("internal")
+                log.exception("%s: unexpected error; its tasks stay leased and run again after a restart", name)
+                self.stopped_event.wait(queue_backoff.next())
+                continue
+            queue_backoff.reset()
             if not n:
                 self._thread_state[name] = "idle"
-                self.stopped_event.wait(cfg.queue_check_interval)
+                self.stopped_event.wait(self.config.stager.queue_check_interval)
         self._thread_state[name] = "stopped"
 
     def _seal_loop(self):
@@ -218,8 +237,19 @@ class Stager:
         self.seal_due(now)
         return n
 
+    def _recover(self):
+        """Once per start: release the leases of earlier instances, so their tasks run again."""
+        with self._recover_lock:
+            if self._recovered:
+                return
+            moved = self.source.recover()
+            self._recovered = True
+        if moved:
+            log.warning("re-queued %d task(s) leased by an earlier stager that did not finish", moved)
+
     def stage_next(self, now=None):
         """Claim the next tasks (or results) and stage them; return the rows they carried (0: none)."""
+        self._recover()
         claims = self.source.claim_many()
         if not claims:
             return 0
@@ -261,7 +291,14 @@ class Stager:
     def _stage_group(self, buffer, claims, now):
         dataset = buffer.dataset
         results = [c.result for c in claims]
-        cleaned = clean_many(dataset, [Part(r.data, r.task_id, r.fetched_at, r.params) for r in results])
+        try:
+            cleaned = clean_many(dataset, [Part(r.data, r.task_id, r.fetched_at, r.params) for r in results])
+        except Exception as exc:  # noqa: BLE001 - data nobody foresaw must not stop the stager
+            log.exception("%s: cleaning %d task(s) failed; dead-lettering them", dataset.name, len(claims))
+            self._error("internal")
+            for claim in claims:
+                claim.result.error = f"internal error while cleaning: {type(exc).__name__}: {exc}"
+            return sum(self._refuse_whole(claim) for claim in claims)
         if cleaned.dropped_columns:
             new = [c for c in cleaned.dropped_columns if (dataset.name, c) not in self._warned_columns]
             if new:

@@ -393,3 +393,33 @@ def test_tasks_cleaned_together_keep_their_own_task_ids_params_and_anchors(make_
     by_task = {r["task_id"]: r for r in deadletters(config)}
     assert by_task[ids[1]]["params"]["ts_code"] == "y" and "'20240230'" in by_task[ids[1]]["reason"]
     assert by_task[ids[2]]["params"]["ts_code"] == "z" and "close: 'abc'" in by_task[ids[2]]["reason"]
+
+
+def test_a_locked_huey_file_is_waited_out_and_nothing_is_lost(make_config, producer):
+    """Error class 'database connection': another process holds huey.db exclusively."""
+    import sqlite3
+    import time
+
+    from tests.conftest import wait_for
+
+    _, config = make_config(stager={"batch_size": 10, "worker_threads": 2, "queue_check_interval": 0.05})
+    enqueue = producer(config)
+    for i in range(3):
+        enqueue(TaskType.STOCK_DAILY, daily_rows(10, start=10 * i))
+    stager = Stager(config)
+    stager.huey.storage.close()
+    stager.huey.storage._timeout = 0.2  # Huey's busy timeout (5 s by default), shortened for the test
+    holder = sqlite3.connect(str(config.huey.path), isolation_level=None)
+    holder.execute("begin exclusive")
+    try:
+        stager.start()
+        wait_for(lambda: stager.get_status()["errors"].get("database_connection", 0) >= 2,
+                 message="workers retrying the locked queue")
+        assert staged_paths(config) == []
+        assert all(t.is_alive() for t in stager._threads)
+        holder.execute("commit")
+        wait_for(lambda: len(staged_keys(config)) == 30, message="all rows staged after the lock")
+    finally:
+        holder.close()
+        assert stager.stop(timeout=20)
+    assert not deadletters(config)
