@@ -100,6 +100,13 @@ class Loader:
             except DatabaseBusy as exc:
                 self._busy(exc, now)
                 handled = 0
+            except OSError as exc:  # staging/ or archive/ unreadable, disk full: retry, drop nothing
+                self._busy(exc, now, what="file system error")
+                handled = 0
+            except Exception as exc:  # noqa: BLE001 - a bug must not end the loader; files stay staged
+                log.exception("unexpected error in the load step; retrying with backoff")
+                self._busy(exc, now, what="unexpected error")
+                handled = 0
             self._write_status()
             return handled
 
@@ -186,7 +193,7 @@ class Loader:
                         "files": len(out.loaded), "rows": out.rows, "inserted": out.inserted,
                         "updated": out.updated, "lag_seconds": self.last_lag.get(task_type, {}).get("oldest")})
 
-    def _busy(self, exc, now):
+    def _busy(self, exc, now, what="database busy"):
         self.warehouse.close()  # release, so whoever holds it can finish
         self.retries += 1
         attempts = self.backoff.attempts + 1
@@ -198,7 +205,7 @@ class Loader:
         self._retry = {"error": str(exc).splitlines()[0], "attempts": attempts, "delay": delay,
                        "slow": slow, "since": since, "next_at": now + delay}
         self.state = "retrying"
-        log.warning("database busy (attempt %d%s), retrying in %.1fs: %s", attempts,
+        log.warning("%s (attempt %d%s), retrying in %.1fs: %s", what, attempts,
                     ", past max_retries: retrying slowly" if slow else "", delay, self._retry["error"],
                     extra={"event": "database_busy", "attempts": attempts, "delay": delay})
 

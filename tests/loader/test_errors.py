@@ -139,3 +139,20 @@ def test_a_file_that_cannot_be_archived_is_loaded_once_and_archived_later(config
     assert query(config, "SELECT loads FROM _duckstage_manifest") == [(1,)]  # not merged twice
     assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 10.0)]
     loader.stop()
+
+
+def test_an_unreadable_staging_folder_is_retried_not_fatal(config, stage):
+    path = stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
+    folder = config.staging_dir / "stock_daily"
+    moved = folder.with_name("stock_daily.away")
+    folder.rename(moved)
+    folder.write_text("not a folder")  # staging/stock_daily is now a file
+    loader = Loader(config)
+    assert loader.run_once() == 0  # no exception: the step is retried with backoff
+    assert loader.get_status()["retry"] is not None
+    folder.unlink()
+    moved.rename(folder)
+    loader.clock = lambda: 10**9
+    assert loader.run_once() == 1
+    assert not path.exists() and table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 10.0)]
+    loader.stop()
