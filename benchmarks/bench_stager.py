@@ -12,7 +12,6 @@ Arrow, Parquet write) as a baseline.
 
 import argparse
 import os
-import pickle
 import signal
 import subprocess
 import sys

@@ -33,13 +33,12 @@ from stager.backoff import Backoff
 from stager.config import reload_config
 from stager.datasets import FETCHED_AT
 from stager.exceptions import ConfigError
-from stager.ops import LagHistogram, OpsServer, StatusCollector, writable
+from stager.ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
 
 from . import filing
 from .discovery import Watcher, scan, unknown_folders
 from .exceptions import DatabaseBusy
 from .load import Outcome, load_files
-from .status import write_snapshot
 from .warehouse import Warehouse
 
 log = logging.getLogger(__name__)

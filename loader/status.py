@@ -7,7 +7,6 @@ folders, and the manifest itself when the database is free.
 """
 
 import datetime as dt
-import json
 import os
 from pathlib import Path
 
@@ -16,35 +15,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stager import staging
+from stager.ops import pid_alive, read_snapshot
 
 from . import filing
 from .discovery import scan, unknown_folders
 from .warehouse import MANIFEST, q
 
 
-def write_snapshot(path, body):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
-def read_snapshot(path):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _rows(path):
@@ -79,7 +60,7 @@ def _manifest(database):
 def collect(config, snapshot_name="loader.json"):
     """Everything ``loader status`` shows, as one JSON-ready dict."""
     snap = read_snapshot(config.run_dir / snapshot_name)
-    running = bool(snap and snap.get("state") != "stopped" and _alive(int(snap.get("pid", 0))))
+    running = bool(snap and snap.get("state") != "stopped" and pid_alive(int(snap.get("pid", 0))))
     pending = {}
     for task_type, paths in scan(config.staging_dir, config.datasets.names).items():
         if paths:

@@ -2,11 +2,9 @@
 
 import json
 import logging
-import os
 import signal
 import sys
 import threading
-import time
 
 import click
 

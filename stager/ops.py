@@ -16,6 +16,7 @@ metrics are one source, so they cannot disagree.
 
 import json
 import logging
+import os
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -169,3 +170,32 @@ class OpsServer:
                 log.debug("http: " + fmt, *args)
 
         return Handler
+
+
+# -- status snapshots: data/run/<process>.json, written by the running process ------
+
+
+def write_snapshot(path, body):
+    """Write a status snapshot atomically (temporary file, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_snapshot(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -228,7 +228,7 @@ def _universe(rng, stocks, days, cal):
     total = stocks + n_ipo + n_old_delisted
     weights = [b[0] for b in _BOARDS]
     codes, out = set(), []
-    first, last = cal[0], cal[-1]
+    first = cal[0]
     for i in range(total):
         board = rng.choices(range(len(_BOARDS)), weights)[0]
         _, suffix, prefixes, market, exchange, limit, earliest = _BOARDS[board]

@@ -16,7 +16,6 @@ from it. A task type's custom processor (stager.processors) runs on the
 cleaned rows before they are buffered.
 """
 
-import json
 import logging
 import os
 import secrets
@@ -36,7 +35,7 @@ from .deadletter import DeadLetter
 from .config import reload_config
 from .datasets import FETCHED_AT
 from .exceptions import ConfigError, ResourceError
-from .ops import LagHistogram, OpsServer, StatusCollector, writable
+from .ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
 from .results import utcnow
 from .sources import QueueSource, ResultSource
 from .tasks import build_huey
@@ -607,8 +606,4 @@ class Stager:
         return problems
 
     def write_status(self):
-        path = self.config.run_dir / "stager.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".stager.json.tmp")
-        tmp.write_text(json.dumps(self.get_status(), default=str, indent=1))
-        os.replace(tmp, path)
+        write_snapshot(self.config.run_dir / "stager.json", self.get_status())

@@ -1,31 +1,16 @@
 """``stager status``: the running process's snapshot plus what the disk and Huey show."""
 
-import json
-import os
 import time
 
 from . import staging
+from .ops import pid_alive, read_snapshot
 from .queue import build_storage_huey
 
 
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def collect(config):
-    snapshot_path = config.run_dir / "stager.json"
-    snapshot = None
-    if snapshot_path.exists():
-        try:
-            snapshot = json.loads(snapshot_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            snapshot = None
+    snapshot = read_snapshot(config.run_dir / "stager.json")
     running = bool(snapshot and snapshot.get("state") in ("running", "stopping") and pid_alive(snapshot["pid"]))
     huey = build_storage_huey(config.huey)
     try:

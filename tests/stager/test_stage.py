@@ -398,7 +398,6 @@ def test_tasks_cleaned_together_keep_their_own_task_ids_params_and_anchors(make_
 def test_a_locked_huey_file_is_waited_out_and_nothing_is_lost(make_config, producer):
     """Error class 'database connection': another process holds huey.db exclusively."""
     import sqlite3
-    import time
 
     from tests.conftest import wait_for
 
