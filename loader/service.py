@@ -30,9 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stager.backoff import Backoff
-from stager.config import reload_config
+from stager.config import ConfigWatcher
 from stager.datasets import FETCHED_AT
-from stager.exceptions import ConfigError
 from stager.ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
 
 from . import filing
@@ -80,11 +79,8 @@ class Loader:
         self.last_lag = {}  # task type -> {"oldest": s, "newest": s} of the last commit
         self.lag = LagHistogram()  # per file: oldest row's fetch time -> commit
         self.retries = 0  # database retries since start
-        self.reload_requested = threading.Event()  # SIGHUP sets it
-        self._config_mtime = self._mtime()
-        self.config_error = None
-        self.config_reloads = 0
-        self.restart_required = []
+        self.watcher = ConfigWatcher(config, own_sections=("loader",))
+        self.reload_requested = self.watcher.reload_requested  # SIGHUP sets it
         self.started_at = None
         self.ops = None
 
@@ -229,50 +225,20 @@ class Loader:
 
     # -- live configuration ---------------------------------------------------
 
-    def _mtime(self):
-        try:
-            return os.stat(self.config.source).st_mtime_ns
-        except (OSError, ValueError):
-            return None
-
     def check_config(self):
         """Apply live values if the config file changed or SIGHUP asked.
 
         Returns True if something happened (applied or refused), so a sleeping
         loop re-plans and writes its status.
         """
-        mtime = self._mtime()
-        if mtime == self._config_mtime and not self.reload_requested.is_set():
-            return False
-        self.reload_requested.clear()
-        self._config_mtime = mtime
-        try:
-            new, restart = reload_config(self.config)
-        except ConfigError as exc:
-            self.config_error = str(exc)
-            log.error("configuration edit refused, keeping the running values: %s", exc,
-                      extra={"event": "config_refused"})
-            return True
-        self.config_error = None
         old = self.config.loader
-        self.config = new
-        self.config_reloads += 1
-        lc = new.loader
-        if (old.retry_delay, old.retry_max_delay) != (lc.retry_delay, lc.retry_max_delay):
+        self.config, outcome = self.watcher.poll(self.config)
+        lc = self.config.loader
+        if outcome == "applied" and (old.retry_delay, old.retry_max_delay) != (lc.retry_delay, lc.retry_max_delay):
             attempts = self.backoff.attempts
             self.backoff = Backoff(lc.retry_delay, 2.0, max(lc.retry_max_delay, lc.retry_delay))
             self.backoff.attempts = attempts
-        logging.getLogger().setLevel(new.log_level)
-        logging.getLogger("duckstage").setLevel(new.log_level)
-        changed = {k: v for k, v in vars(lc).items() if getattr(old, k) != v}
-        log.info("configuration reloaded from %s%s", new.source,
-                 ": " + ", ".join(f"loader.{k}={v}" for k, v in changed.items()) if changed else "",
-                 extra={"event": "config_reloaded"})
-        self.restart_required = [k for k in restart if not k.startswith(("stager.", "huey."))]
-        if self.restart_required:
-            log.warning("changed key(s) that need a restart to take effect: %s", ", ".join(self.restart_required),
-                        extra={"event": "config_restart_required"})
-        return True
+        return outcome is not None
 
     # -- status -------------------------------------------------------------
 
@@ -307,8 +273,7 @@ class Loader:
             "quarantine_files": _quarantine_files(self.config.quarantine_dir),
             "lag": self.lag.snapshot(),
             "threads": self._thread_states(),
-            "config": {"source": self.config.source, "error": self.config_error, "reloads": self.config_reloads,
-                       "restart_required": list(self.restart_required), "log_level": self.config.log_level,
+            "config": {**self.watcher.status(self.config),
                        "live": {k: getattr(lc, k) for k in ("max_retries", "retry_delay", "retry_max_delay",
                                                              "rescan_interval", "max_rows_per_transaction",
                                                              "new_columns", "archive_retention_days",

@@ -6,7 +6,9 @@
 reads YAML or the environment.
 """
 
+import logging
 import os
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -372,3 +374,64 @@ def _as_mapping(config):
                    "metrics_port": s.metrics_port, "metrics_host": s.metrics_host},
         "loader": {k: (str(v) if k == "database" else v) for k, v in vars(lo).items()},
     }
+
+
+class ConfigWatcher:
+    """A running process's view of its configuration file.
+
+    ``poll(current)`` re-reads the file when it changed on disk or when
+    ``reload_requested`` is set (SIGHUP), validates it, and returns the
+    configuration to use from now on: the new live values, or ``current``
+    when the edit is refused. ``status()`` says what happened, for status and
+    metrics. ``own_sections`` are the sections of this process: a changed
+    restart-only key of another process's section is not reported.
+    """
+
+    def __init__(self, config, own_sections):
+        self.source = config.source
+        self.own_sections = tuple(own_sections)
+        self.reload_requested = threading.Event()
+        self.error = None  # the last refused edit
+        self.reloads = 0
+        self.restart_required = []  # changed keys that wait for a restart
+        self._mtime = self._stat()
+        self._log = logging.getLogger("duckstage.config")
+
+    def _stat(self):
+        try:
+            return os.stat(self.source).st_mtime_ns
+        except (OSError, ValueError):
+            return None
+
+    def poll(self, current):
+        """Return ``(config, outcome)``; outcome is None, "applied" or "refused"."""
+        mtime = self._stat()
+        if mtime == self._mtime and not self.reload_requested.is_set():
+            return current, None
+        self.reload_requested.clear()
+        self._mtime = mtime
+        try:
+            new, restart = reload_config(current)
+        except ConfigError as exc:
+            self.error = str(exc)
+            self._log.error("configuration edit refused, keeping the running values: %s", exc,
+                            extra={"event": "config_refused"})
+            return current, "refused"
+        self.error = None
+        self.reloads += 1
+        logging.getLogger().setLevel(new.log_level)
+        logging.getLogger("duckstage").setLevel(new.log_level)
+        before, after = _flatten(_as_mapping(current), SPEC), _flatten(_as_mapping(new), SPEC)
+        changed = [f"{k}={after[k]}" for k in after if after[k] != before[k]]
+        self._log.info("configuration reloaded from %s%s", new.source, ": " + ", ".join(changed) if changed else "",
+                       extra={"event": "config_reloaded"})
+        others = tuple(f"{k}." for k in SPEC if isinstance(SPEC[k], dict) and k not in self.own_sections)
+        self.restart_required = [k for k in restart if not k.startswith(others)]
+        if self.restart_required:
+            self._log.warning("changed key(s) that need a restart to take effect: %s",
+                              ", ".join(self.restart_required), extra={"event": "config_restart_required"})
+        return new, "applied"
+
+    def status(self, config):
+        return {"source": self.source, "error": self.error, "reloads": self.reloads,
+                "restart_required": list(self.restart_required), "log_level": config.log_level}

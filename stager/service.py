@@ -32,9 +32,9 @@ from .backoff import Backoff
 from .buffer import Buffer, dedup
 from .clean import Part, clean_many
 from .deadletter import DeadLetter
-from .config import reload_config
+from .config import ConfigWatcher
 from .datasets import FETCHED_AT
-from .exceptions import ConfigError, ResourceError
+from .exceptions import ResourceError
 from .ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
 from .results import utcnow
 from .sources import QueueSource, ResultSource
@@ -87,11 +87,8 @@ class Stager:
         self.state = "new"
         self.seal_backoff = Backoff(0.5, 2.0, 30.0)
         self.sealing_error = None  # the last seal failure, until a seal succeeds
-        self.reload_requested = threading.Event()  # SIGHUP sets it
-        self._config_mtime = self._mtime()
-        self.config_error = None  # the last refused edit of the config file
-        self.config_reloads = 0
-        self.restart_required = []  # changed keys that wait for a restart
+        self.watcher = ConfigWatcher(config, own_sections=("stager", "huey"))
+        self.reload_requested = self.watcher.reload_requested  # SIGHUP sets it
         self.transforms = processors.for_datasets(config.datasets)  # task type -> processors.Registered
         self.deadletter_reasons = {}  # task type -> Counter(reason class)
         self.seal_lag = LagHistogram()
@@ -497,37 +494,10 @@ class Stager:
 
     # --- live configuration -----------------------------------------------
 
-    def _mtime(self):
-        try:
-            return os.stat(self.config.source).st_mtime_ns
-        except (OSError, ValueError):
-            return None
-
     def check_config(self):
         """Apply live values if the config file changed or SIGHUP asked; return True if applied."""
-        mtime = self._mtime()
-        if mtime == self._config_mtime and not self.reload_requested.is_set():
-            return False
-        self.reload_requested.clear()
-        self._config_mtime = mtime
-        try:
-            new, restart = reload_config(self.config)
-        except ConfigError as exc:
-            self.config_error = str(exc)
-            log.error("configuration edit refused, keeping the running values: %s", exc,
-                      extra={"event": "config_refused"})
-            return False
-        self.config_error = None
-        self.config = new
-        self.config_reloads += 1
-        logging.getLogger("duckstage").setLevel(new.log_level)
-        logging.getLogger().setLevel(new.log_level)
-        log.info("configuration reloaded from %s", new.source, extra={"event": "config_reloaded"})
-        self.restart_required = [k for k in restart if not k.startswith("loader.")]
-        if self.restart_required:
-            log.warning("changed key(s) that need a restart to take effect: %s", ", ".join(self.restart_required),
-                        extra={"event": "config_restart_required"})
-        return True
+        self.config, outcome = self.watcher.poll(self.config)
+        return outcome == "applied"
 
     # --- status -----------------------------------------------------------
 
@@ -575,9 +545,8 @@ class Stager:
             "sealing_error": self.sealing_error,
             "seal_retry": {"attempts": self.seal_backoff.attempts, "delay": _current_delay(self.seal_backoff)},
             "seal_lag": self.seal_lag.snapshot(),
-            "config_error": self.config_error,
-            "config": {"source": self.config.source, "error": self.config_error, "reloads": self.config_reloads,
-                       "restart_required": list(self.restart_required), "log_level": self.config.log_level},
+            "config_error": self.watcher.error,
+            "config": self.watcher.status(self.config),
             "batch": {name: vars(self.config.stager.batch_for(name)) for name in self.buffers},
             "processors": {name: reg.spec for name, reg in self.transforms.items()},
             "metrics_address": self.ops.address if self.ops else None,
