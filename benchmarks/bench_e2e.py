@@ -31,16 +31,12 @@ nothing is asserted on timing; the figures depend on the machine and its load.
 import argparse
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import duckdb
-import psutil
 import pyarrow.parquet as pq
 import yaml
 
@@ -49,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from stager import TaskType  # noqa: E402
 from stager.config import load_config  # noqa: E402
+from stager.demo import Child  # noqa: E402
 from stager.produce import clean, generate  # noqa: E402
 from stager.tasks import build_huey  # noqa: E402
 
@@ -71,46 +68,10 @@ def daily_tasks(rows, task_rows, seed=0, stocks=5400):
     raise RuntimeError(f"generated fewer than {rows} rows")
 
 
-class Child:
-    """``python -m <module> run`` with its peak resident memory sampled."""
-
-    def __init__(self, module, config_path, log_dir):
-        self.name = module
-        self.log_path = Path(log_dir) / f"{module}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", module, "--config", str(config_path), "run"],
-                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=str(log_dir))
-        self.peak = 0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self):
-        ps = psutil.Process(self.proc.pid)
-        while not self._done.is_set():
-            try:
-                self.peak = max(self.peak, ps.memory_info().rss)
-            except psutil.Error:
-                return
-            self._done.wait(0.05)
-
-    def check(self):
-        if self.proc.poll() is not None:
-            sys.exit(f"{self.name} exited ({self.proc.returncode}); see {self.log_path}:\n"
-                     + self.log_path.read_text(errors="replace")[-2000:])
-
-    def stop(self, timeout=120):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._done.set()
-        self._thread.join()
-        self._log.close()
-        return code
+def check(child):
+    if not child.alive():
+        sys.exit(f"{child.name} exited ({child.proc.returncode}); see {child.log_path}:\n"
+                 + child.log_path.read_text(errors="replace")[-2000:])
 
 
 class Committed:
@@ -128,16 +89,16 @@ class Committed:
 
 
 def run_duckstage(config_path, config, total, work):
-    stager = Child("stager", config_path, work)
-    loader = Child("loader", config_path, work)
+    stager = Child("stager", config_path, work, cwd=work)
+    loader = Child("loader", config_path, work, cwd=work)
     started = time.perf_counter()
     committed = Committed(config.archive_dir / "stock_daily")
     huey, _ = build_huey(config)
     sealed_at = None
     try:
         while committed.poll() < total:
-            stager.check()
-            loader.check()
+            check(stager)
+            check(loader)
             if sealed_at is None and huey.storage.queue_size() == 0 and huey.storage.lease_count() == 0:
                 sealed_at = time.perf_counter() - started  # every task sealed and acknowledged
             time.sleep(0.05)

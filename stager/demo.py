@@ -31,12 +31,12 @@ from .tasks import build_huey
 class Child:
     """A pipeline process with its peak resident memory sampled."""
 
-    def __init__(self, module, config_path, log_dir):
+    def __init__(self, module, config_path, log_dir, cwd=None):
         self.name = module
         self.log_path = Path(log_dir) / f"demo-{module}.log"
         self._log = open(self.log_path, "wb")
         args = [sys.executable, "-m", module] + (["--config", str(config_path)] if config_path else []) + ["run"]
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd)
         self.peak = 0
         self._ps = psutil.Process(self.proc.pid)
         self._done = threading.Event()

@@ -89,3 +89,20 @@ def spawn():
     yield _spawn
     for p in started:
         p.close()
+
+
+@pytest.fixture
+def producer():
+    """The producer side: process_fetched_data bound to a config's Huey file (closed after the test)."""
+    from stager.tasks import build_huey
+
+    opened = []
+
+    def _producer(config):
+        huey, task = build_huey(config)
+        opened.append(huey)
+        return task
+
+    yield _producer
+    for huey in opened:
+        huey.storage.close()

@@ -5,7 +5,6 @@ import socket
 import urllib.error
 import urllib.request
 
-import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -79,20 +78,3 @@ def release(proc):
     proc.stdin.close()
     proc.wait(10)
     proc.stdout.close()
-
-
-@pytest.fixture
-def producer():
-    """process_fetched_data bound to a config's Huey file (closed after the test)."""
-    from stager.tasks import build_huey
-
-    opened = []
-
-    def _producer(config):
-        huey, task = build_huey(config)
-        opened.append(huey)
-        return task
-
-    yield _producer
-    for huey in opened:
-        huey.storage.close()

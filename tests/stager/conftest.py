@@ -1,7 +1,6 @@
 import pytest
 
 from stager.config import load_config
-from stager.tasks import build_huey
 from tests.conftest import write_config
 
 
@@ -12,18 +11,3 @@ def make_config(tmp_path):
         return path, load_config(path)
 
     return _make
-
-
-@pytest.fixture
-def producer():
-    """The producer side: process_fetched_data bound to a config's Huey file."""
-    opened = []
-
-    def _producer(config):
-        huey, task = build_huey(config)
-        opened.append(huey)
-        return task
-
-    yield _producer
-    for huey in opened:
-        huey.storage.close()
