@@ -106,3 +106,43 @@ def producer():
     yield _producer
     for huey in opened:
         huey.storage.close()
+
+
+def duckdb_cli():
+    """The duckdb CLI installed beside this Python (pip duckdb-cli)."""
+    import shutil
+
+    found = shutil.which("duckdb", path=os.path.dirname(sys.executable)) or shutil.which("duckdb")
+    if not found:
+        pytest.fail("the duckdb CLI (pip duckdb-cli) is not installed next to this Python")
+    return found
+
+
+def hold_database(path, attempts=5):
+    """The real duckdb CLI holding ``path`` open, as a person would; proven by a query.
+
+    Retried: a CLI that starts while someone else has the file open cannot take
+    it and would otherwise sit on an in-memory database.
+    """
+    import select
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    probe = f"SELECT count(*) || '-held' FROM duckdb_databases() WHERE path LIKE '%{Path(path).name}';\n"
+    for _ in range(attempts):
+        proc = subprocess.Popen([duckdb_cli(), "-csv", "-noheader", str(path)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc.stdin.write(probe)
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        if ready and proc.stdout.readline().strip() == "1-held":
+            return proc
+        proc.kill()
+        proc.wait(10)
+        time.sleep(0.2)
+    raise AssertionError(f"the duckdb CLI could not hold {path}")
+
+
+def release(proc):
+    proc.stdin.close()
+    proc.wait(10)
+    proc.stdout.close()

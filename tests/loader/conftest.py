@@ -5,8 +5,6 @@ with the dataset's Arrow schema and footer), without the stager's service.
 """
 
 import datetime as dt
-import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,41 +19,17 @@ import yaml
 from stager import staging
 from stager.config import from_mapping
 from stager.staging import StagedFile
+from tests.conftest import duckdb_cli, hold_database, release  # noqa: F401 - shared with the loader tests
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 BASE = dt.datetime(2025, 1, 6, 8, 0, tzinfo=dt.timezone.utc)
 FAST = {"retry_delay": 0.05, "retry_max_delay": 0.2, "idle_release": 0, "rescan_interval": 0.2}
 
 
-def duckdb_cli():
-    found = shutil.which("duckdb", path=os.path.dirname(sys.executable)) or shutil.which("duckdb")
-    if not found:
-        pytest.fail("the duckdb CLI (pip duckdb-cli) is not installed next to this Python")
-    return found
 
 
-def hold_database(path):
-    """Open ``path`` in the real duckdb CLI (as a person would) and wait until it holds the lock."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    holder = subprocess.Popen([duckdb_cli(), str(path)], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def locked():
-        try:
-            duckdb.connect(str(path), config={"storage_compatibility_version": "v1.5.0"}).close()
-            return False
-        except duckdb.IOException:
-            return True
-
-    if not wait_for(locked, 10):
-        holder.kill()
-        pytest.fail("the duckdb CLI did not take the database lock")
-    return holder
 
 
-def release(holder):
-    holder.stdin.close()
-    holder.wait(10)
 
 
 def fetched(minutes):

@@ -5,7 +5,6 @@ import socket
 import urllib.error
 import urllib.request
 
-
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -50,31 +49,4 @@ def value(text_or_samples, name, **labels):
     return got.get((name, frozenset(labels.items())), 0.0)
 
 
-def hold_database(path, attempts=5):
-    """The real duckdb CLI holding ``path``, proven by a query on the file's manifest table.
 
-    Retried: a CLI that starts while someone else has the file open cannot
-    take it and would otherwise sit on an in-memory database.
-    """
-    import select
-    import subprocess
-
-    from tests.loader.conftest import duckdb_cli
-
-    for _ in range(attempts):
-        proc = subprocess.Popen([duckdb_cli(), "-csv", "-noheader", str(path)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        proc.stdin.write("SELECT count(*) || '-held' FROM _duckstage_manifest;\n")
-        proc.stdin.flush()
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        if ready and "-held" in proc.stdout.readline():
-            return proc
-        proc.kill()
-        proc.wait(10)
-    raise AssertionError(f"the duckdb CLI could not hold {path}")
-
-
-def release(proc):
-    proc.stdin.close()
-    proc.wait(10)
-    proc.stdout.close()
