@@ -281,7 +281,7 @@ class Stager:
         log.warning("task %s: %d row(s) dead-lettered: %s", result.task_id, len(rows), reason.splitlines()[0],
                     extra={"event": "dead_lettered", "task_id": result.task_id, "task_type": result.task_type,
                            "rows": len(rows)})
-        self.source.ack([claim.token])
+        self._ack([claim.token])
         return len(rows)
 
     def _stage_group(self, buffer, claims, now):
@@ -332,7 +332,7 @@ class Stager:
                 if buffer.due(settings, now) in ("rows", "bytes"):
                     self._seal(buffer)
         if empty:
-            self.source.ack(empty)
+            self._ack(empty)
         return rows_in
 
     def _transform(self, registered, dataset, results, table, counts):
