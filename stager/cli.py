@@ -118,14 +118,17 @@ def requeue(config_path, paths):
     Each file moves to replayed/ beside it. Rows still bad return to the dead letter.
     Example: stager requeue data/deadletter/income/income-20241129-1a2b3c4d.jsonl
     """
-    from .deadletter import requeue as requeue_file
+    from .deadletter import NotADeadLetter, requeue as requeue_file
     from .tasks import build_huey
 
     config = load_or_exit(config_path)
     huey, enqueue = build_huey(config)
     try:
         for path in paths:
-            tasks, rows = requeue_file(path, enqueue)
+            try:
+                tasks, rows = requeue_file(path, enqueue)
+            except NotADeadLetter as exc:
+                raise click.ClickException(str(exc)) from None
             click.echo(f"{path}: {rows} row(s) enqueued again as {tasks} task(s)")
     finally:
         huey.storage.close()

@@ -86,15 +86,24 @@ def read_records(folder):
                     continue
 
 
+class NotADeadLetter(ValueError):
+    """A file given to requeue that is not a dead-letter file: nothing is enqueued or moved."""
+
+
 def requeue(path, enqueue, done_folder=None):
     """Enqueue the rows of a dead-letter file again, after a fix; return (tasks, rows).
 
     Rows are grouped back into one task per original task id and task type,
     with the original request parameters. The file then moves to
     ``replayed/`` beside it, so it is not requeued twice by mistake. Rows that
-    are still bad come back to the dead letter with their reason.
+    are still bad come back to the dead letter with their reason. A file that
+    is not a dead letter (another suffix, a line that is not a record) raises
+    NotADeadLetter before anything is enqueued or moved.
     """
     path = Path(path)
+    if path.suffix != ".jsonl" or "replayed" in path.parts:
+        raise NotADeadLetter(f"{path}: not a dead-letter file (<task_type>-<yyyymmdd>-<instance>.jsonl, "
+                             "not yet in replayed/)")
     groups = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -104,9 +113,13 @@ def requeue(path, enqueue, done_folder=None):
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # cut short by a crash; written again in full by the re-run
+            if not isinstance(rec, dict) or not {"task_type", "row", "reason"} <= set(rec):
+                raise NotADeadLetter(f"{path}: line {n} is not a dead-letter record")
             key = (rec.get("task_type") or "", rec.get("task_id"))
             group = groups.setdefault(key, {"params": rec.get("params") or {}, "rows": []})
             group["rows"].append(rec.get("row") or {})
+    if not groups:
+        raise NotADeadLetter(f"{path}: holds no dead-letter records")
     rows = 0
     for (task_type, _task_id), group in groups.items():
         params = {k: v for k, v in group["params"].items() if k not in ("task_type", "data")}

@@ -422,3 +422,19 @@ def test_a_locked_huey_file_is_waited_out_and_nothing_is_lost(make_config, produ
         holder.close()
         assert stager.stop(timeout=20)
     assert not deadletters(config)
+
+
+@pytest.mark.parametrize("name, body", [("notes.txt", "hello\n"), ("rows.jsonl", '{"a": 1}\n'),
+                                        ("empty.jsonl", "")])
+def test_requeue_refuses_a_file_that_is_not_a_dead_letter_and_leaves_it_alone(make_config, tmp_path, name, body):
+    import subprocess
+    import sys
+
+    path, config = make_config()
+    other = tmp_path / name
+    other.write_text(body)
+    out = subprocess.run([sys.executable, "-m", "stager", "--config", str(path), "requeue", str(other)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert str(other) in out.stderr
+    assert other.read_text() == body and not (tmp_path / "replayed").exists()
