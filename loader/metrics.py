@@ -8,6 +8,7 @@ import datetime as dt
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from stager.metrics import process_families
 from stager.ops import histogram_buckets
 
 TT = ["task_type"]
@@ -141,17 +142,4 @@ def families(st):
     yield GaugeMetricFamily("duckstage_loader_retry_slow", "1 once retries went past max_retries",
                             value=1 if retry.get("slow") else 0)
 
-    threads = GaugeMetricFamily("duckstage_loader_thread_state", "1 for each thread's current state",
-                                labels=["thread", "state"])
-    for thread, s in sorted((st.get("threads") or {}).items()):
-        threads.add_metric([thread, s], 1)
-    yield threads
-
-    cfg = st.get("config") or {}
-    yield GaugeMetricFamily("duckstage_loader_config_error", "1 while the last edit of the config file is refused",
-                            value=1 if cfg.get("error") else 0)
-    yield CounterMetricFamily("duckstage_loader_config_reloads", "Configuration edits applied live",
-                              value=cfg.get("reloads", 0))
-    yield GaugeMetricFamily("duckstage_loader_config_restart_required",
-                            "Changed keys that take effect only after a restart",
-                            value=len(cfg.get("restart_required") or []))
+    yield from process_families("loader", st)

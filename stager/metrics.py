@@ -102,17 +102,23 @@ def families(st):
     yield GaugeMetricFamily("duckstage_stager_seal_retry_delay_seconds", "The current seal backoff delay",
                             value=retry.get("delay", 0))
 
-    threads = GaugeMetricFamily("duckstage_stager_thread_state", "1 for each thread's current state",
+    yield from process_families("stager", st)
+
+
+def process_families(process, st):
+    """Thread states and live-configuration figures, alike for both processes."""
+    prefix = f"duckstage_{process}"
+    threads = GaugeMetricFamily(f"{prefix}_thread_state", "1 for each thread's current state",
                                 labels=["thread", "state"])
     for thread, state in sorted((st.get("threads") or {}).items()):
         threads.add_metric([thread, state], 1)
     yield threads
 
     cfg = st.get("config") or {}
-    yield GaugeMetricFamily("duckstage_stager_config_error", "1 while the last edit of the config file is refused",
+    yield GaugeMetricFamily(f"{prefix}_config_error", "1 while the last edit of the config file is refused",
                             value=1 if cfg.get("error") else 0)
-    yield CounterMetricFamily("duckstage_stager_config_reloads", "Configuration edits applied live",
+    yield CounterMetricFamily(f"{prefix}_config_reloads", "Configuration edits applied live",
                               value=cfg.get("reloads", 0))
-    yield GaugeMetricFamily("duckstage_stager_config_restart_required",
+    yield GaugeMetricFamily(f"{prefix}_config_restart_required",
                             "Changed keys that take effect only after a restart",
                             value=len(cfg.get("restart_required") or []))
