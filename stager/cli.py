@@ -24,21 +24,21 @@ def setup_logging(level, fmt=None):
     logs.setup(level, fmt, process="stager")
 
 
+class UserError(click.ClickException):
+    """A person's mistake (configuration, argument, file): one line on stderr, exit 2."""
+
+    exit_code = 2
+
+
 def load_or_exit(config_path):
     """Load the configuration, or print the one-line reason and exit 2."""
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        raise click.ClickException(f"configuration refused: {exc}") from None
+        raise UserError(f"configuration refused: {exc}") from None
 
 
-class _Cli(click.Group):
-    def main(self, *args, **kwargs):
-        click.ClickException.exit_code = 2
-        return super().main(*args, **kwargs)
-
-
-@click.group(cls=_Cli)
+@click.group()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Configuration file (default: $DUCKSTAGE_CONFIG, else config/duckstage.yaml).")
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
@@ -78,13 +78,13 @@ def run(config_path):
     try:
         stager = Stager(config)
     except ConfigError as exc:  # a processor registered by an entry point that does not import
-        raise click.ClickException(f"configuration refused: {exc}") from None
+        raise UserError(f"configuration refused: {exc}") from None
     signal.signal(signal.SIGHUP, lambda *_: stager.reload_requested.set())
     try:
         stager.start()
     except OSError as exc:
         s = config.stager
-        raise click.ClickException(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} "
+        raise UserError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} "
                                    f"(stager.metrics_port): {exc.strerror or exc}") from None
     stop.wait()
     clean = stager.stop()
@@ -128,7 +128,7 @@ def requeue(config_path, paths):
             try:
                 tasks, rows = requeue_file(path, enqueue)
             except NotADeadLetter as exc:
-                raise click.ClickException(str(exc)) from None
+                raise UserError(str(exc)) from None
             click.echo(f"{path}: {rows} row(s) enqueued again as {tasks} task(s)")
     finally:
         huey.storage.close()
