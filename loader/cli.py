@@ -14,7 +14,7 @@ import click
 
 from stager import logs
 from stager.config import load_config
-from stager.exceptions import ConfigError
+from stager.exceptions import ConfigError, PortUnavailable
 
 from .exceptions import DatabaseBusy, LoaderError
 
@@ -98,10 +98,11 @@ def run(ctx):
     signal.signal(signal.SIGHUP, reload_requested)
     try:
         loader.start()
+    except PortUnavailable as exc:
+        raise click.exceptions.Exit(_fail(f"{exc} (loader.metrics_port)", 2)) from None
     except OSError as exc:
-        lc = config.loader
-        raise click.exceptions.Exit(_fail(f"cannot serve metrics on {lc.metrics_host}:{lc.metrics_port}"
-                                          f" (loader.metrics_port): {exc.strerror or exc}", 2)) from None
+        raise click.exceptions.Exit(_fail(f"cannot prepare {config.data_dir} (data_dir): {exc.strerror or exc}",
+                                          2)) from None
     while not loader.stopped_event.wait(1.0):
         pass
     loader.stop(timeout=max(60, config.stager.shutdown_timeout))

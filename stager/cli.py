@@ -3,6 +3,7 @@
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 
@@ -10,7 +11,8 @@ import click
 
 from . import logs
 from .config import load_config
-from .exceptions import ConfigError
+from .backoff import Backoff
+from .exceptions import ConfigError, PortUnavailable
 
 log = logging.getLogger("duckstage.stager")
 LOG_FORMAT = "duckstage.log_format"  # key in click's ctx.meta
@@ -38,7 +40,19 @@ def load_or_exit(config_path):
         raise UserError(f"configuration refused: {exc}") from None
 
 
-@click.group()
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:  # a path of the configuration that cannot be made or read
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            raise UserError(f"{exc.strerror or exc}{where}: check data_dir and the paths in the configuration") \
+                from None
+        except sqlite3.DatabaseError as exc:  # huey.db is not an SQLite file, or is damaged
+            raise UserError(f"Huey storage: {exc}") from None
+
+
+@click.group(cls=_Group)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Configuration file (default: $DUCKSTAGE_CONFIG, else config/duckstage.yaml).")
 @click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
@@ -75,17 +89,25 @@ def run(config_path):
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    try:
-        stager = Stager(config)
-    except ConfigError as exc:  # a processor registered by an entry point that does not import
-        raise UserError(f"configuration refused: {exc}") from None
+    backoff = Backoff(0.5, 2.0, 10.0)
+    while True:
+        try:
+            stager = Stager(config)
+            break
+        except ConfigError as exc:  # a processor registered by an entry point that does not import
+            raise UserError(f"configuration refused: {exc}") from None
+        except sqlite3.OperationalError as exc:  # huey.db locked while its tables are checked
+            delay = backoff.next()
+            log.warning("Huey storage %s: %s; retrying in %.1fs", config.huey.path, exc, delay)
+            if stop.wait(delay):
+                sys.exit(0)
     signal.signal(signal.SIGHUP, lambda *_: stager.reload_requested.set())
     try:
         stager.start()
+    except PortUnavailable as exc:
+        raise UserError(f"{exc} (stager.metrics_port)") from None
     except OSError as exc:
-        s = config.stager
-        raise UserError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} "
-                                   f"(stager.metrics_port): {exc.strerror or exc}") from None
+        raise UserError(f"cannot prepare {config.data_dir} (data_dir): {exc.strerror or exc}") from None
     stop.wait()
     clean = stager.stop()
     sys.exit(0 if clean else 1)

@@ -34,3 +34,7 @@ class RowError(DuckstageError):
 
 class ResourceError(DuckstageError):
     """A transient system resource problem (ENOSPC, EIO, ...): pause and retry."""
+
+
+class PortUnavailable(DuckstageError):
+    """The metrics port cannot be bound (taken, bad address): refused at start."""

@@ -27,6 +27,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .exceptions import PortUnavailable
+
 log = logging.getLogger("duckstage.ops")
 
 # End-to-end lag buckets, seconds: a batch_timeout of 30 s puts most rows
@@ -114,8 +116,12 @@ class OpsServer:
         return None if self._server is None else "%s:%d" % self._server.server_address[:2]
 
     def start(self):
-        """Bind and serve; raises OSError (port taken, bad address) before any thread runs."""
-        self._server = HTTPServer((self.host, self.port), self._handler())
+        """Bind and serve; raises PortUnavailable (port taken, bad address) before any thread runs."""
+        try:
+            self._server = HTTPServer((self.host, self.port), self._handler())
+        except OSError as exc:
+            raise PortUnavailable(f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}") \
+                from None
         self._server.timeout = 5
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name=f"{self.process}-http", daemon=True)

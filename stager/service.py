@@ -113,7 +113,8 @@ class Stager:
     def start(self):
         """Serve the ops endpoint (if configured), prepare, start the threads.
 
-        Raises OSError when the metrics port cannot be bound, before any thread runs.
+        Raises PortUnavailable when the metrics port cannot be bound, and OSError when the
+        data folders cannot be made, before any thread runs.
         """
         if self.config.stager.metrics_port:
             from .metrics import families

@@ -121,3 +121,14 @@ def test_a_new_task_type_needs_no_code(tmp_path):
     config = from_mapping({"datasets": str(path)}, cwd=tmp_path)
     assert "adj_factor" in config.datasets
     assert config.datasets["adj_factor"].version_order == ("_fetched_at",)
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_cli_refuses_an_unusable_data_dir_in_one_line(tmp_path, command):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    path = write_config(tmp_path, data_dir=str(blocker / "data"))
+    out = subprocess.run([sys.executable, "-m", "stager", "--config", str(path), command],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and str(blocker) in out.stderr
