@@ -56,6 +56,9 @@ class _Group(click.Group):
             sys.exit(_fail(exc.format_message().replace("\n", " "), 2))
         except click.Abort:
             sys.exit(_fail("aborted", 1))
+        except OSError as exc:  # a path of the configuration that cannot be made or read
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            sys.exit(_fail(f"{exc.strerror or exc}{where}: check data_dir and the paths in the configuration", 2))
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
