@@ -2,9 +2,9 @@
 
 ``Stager(config)`` is the embedding API (``start()``, ``stop()``,
 ``get_status()``); the ``stager run`` command is a thin layer over it. Each
-loop exposes one step for tests: ``stage_next()`` claims and stages one task,
-``seal_due(now)`` seals the buffers that are full or old, and ``run_once``
-does both.
+loop exposes one step for tests: ``stage_next()`` claims and stages the tasks
+of one lease batch (up to 8), ``seal_due(now)`` seals the buffers that are
+full or old, and ``run_once`` does both.
 
 Acknowledgement rule (guarantee 1): a claim is acknowledged only after every
 row of it is in a sealed file or in the (fsynced) dead letter.
