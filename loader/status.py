@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stager import staging
-from stager.ops import pid_alive, read_snapshot
+from stager.ops import config_lines, pid_alive, read_snapshot
 
 from . import filing
 from .discovery import scan, unknown_folders
@@ -110,13 +110,7 @@ def render(st):
         pace = "slowly, past max_retries" if r["slow"] else "with backoff"
         lines.append(f"  database busy since {r['since']}: retry {r['attempts']} {pace},"
                      f" every {r['delay']:g}s: {r['error']}")
-    cfg = st.get("config") or {}
-    if cfg.get("error"):
-        lines.append(f"  configuration edit refused, running with the previous values: {cfg['error']}")
-    if cfg.get("restart_required"):
-        lines.append(f"  changed, takes effect after a restart: {', '.join(cfg['restart_required'])}")
-    if st.get("metrics_address"):
-        lines.append(f"  serving /metrics, /healthz, /readyz on http://{st['metrics_address']}")
+    lines += [f"  {line}" for line in config_lines(st)]
     if st["database_busy"]:
         lines.append(f"database {st['database']}: {st['database_busy']} (figures from its snapshot)")
     else:

@@ -205,3 +205,16 @@ def pid_alive(pid):
     except PermissionError:
         return True
     return True
+
+
+def config_lines(snapshot):
+    """What ``status`` says of a running process's configuration and endpoints."""
+    cfg = snapshot.get("config") or {}
+    lines = []
+    if cfg.get("error"):
+        lines.append(f"configuration edit refused, running with the previous values: {cfg['error']}")
+    if cfg.get("restart_required"):
+        lines.append(f"changed, takes effect after a restart: {', '.join(cfg['restart_required'])}")
+    if snapshot.get("metrics_address"):
+        lines.append(f"serving /metrics, /healthz, /readyz on http://{snapshot['metrics_address']}")
+    return lines

@@ -3,7 +3,7 @@
 import time
 
 from . import staging
-from .ops import pid_alive, read_snapshot
+from .ops import config_lines, pid_alive, read_snapshot
 from .queue import build_storage_huey
 
 
@@ -68,10 +68,5 @@ def render(report):
             console.print(f"dead-lettered {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(r.items())))
         for name, spec in sorted((proc.get("processors") or {}).items()):
             console.print(f"processor {name}: {spec}")
-        cfg = proc.get("config") or {}
-        if cfg.get("error"):
-            console.print(f"configuration edit refused, running with the previous values: {cfg['error']}")
-        if cfg.get("restart_required"):
-            console.print(f"changed, takes effect after a restart: {', '.join(cfg['restart_required'])}")
-        if proc.get("metrics_address"):
-            console.print(f"serving /metrics, /healthz, /readyz on http://{proc['metrics_address']}")
+        for line in config_lines(proc):
+            console.print(line)
