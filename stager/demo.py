@@ -3,12 +3,13 @@
 Starts ``stager run`` and ``loader run`` as two processes, enqueues a seeded
 synthetic stretch of an A-share downloader's work (with a share of bad rows),
 shows progress, waits until every row is committed, stops both processes with
-SIGTERM, and prints a summary: rows and files per table, end-to-end rows per
-second, dead-lettered and quarantined counts, each process's peak memory, and
+SIGTERM, and prints a summary of this run (a rerun on the same data reports its
+own rows): per table the rows enqueued, committed, superseded (the same key
+again in one file) and dead-lettered, which add up; the warehouse's rows;
+end-to-end rows per second; quarantined files; each process's peak memory; and
 the ``duckdb`` commands to look at the results.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -23,10 +24,14 @@ import psutil
 
 from . import staging
 from .cli import load_or_exit
-from .deadletter import read_records
+from .ops import read_snapshot
 from .produce import generate, produce
 from .tasks import build_huey
 
+WIDTH = 80  # the summary is read in any terminal and pasted into issues
+# Summary columns: (heading, RunCounts field); enqueued = the other three + what is named below the table.
+COLUMNS = (("enqueued", "enqueued"), ("committed", "committed"), ("superseded", "superseded"),
+           ("dead-\nlettered", "deadlettered"))
 
 class Child:
     """A pipeline process with its peak resident memory sampled."""
@@ -66,13 +71,6 @@ class Child:
         return code
 
 
-def _snapshot(config, name):
-    try:
-        return json.loads((config.run_dir / f"{name}.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _sealed_waiting(config):
     return sum(len(staging.sealed_files(config.staging_dir / t)) for t in config.datasets.names)
 
@@ -107,33 +105,33 @@ def main(config_path, stocks, days, seed, bad_share, start):
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
-    console = Console()
+    console = Console(width=min(WIDTH, Console().width))
     config = load_or_exit(config_path)
     for folder in (config.run_dir, config.staging_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    console.print(f"duckstage demo: data in {config.data_dir}, Huey queue {config.huey.path}, "
-                  f"warehouse {config.loader.database}")
+    console.print(f"duckstage demo: Huey queue {_shown(config.huey.path)}, warehouse {_shown(config.loader.database)}")
     before = _table_rows(config)
     huey, enqueue = build_huey(config)
     started = time.monotonic()
     stager = Child("stager", config_path, config.run_dir)
     loader = Child("loader", config_path, config.run_dir)
     children = [stager, loader]
-    counts = {}
+    counts, run = {}, None
     try:
-        with Progress(TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.fields[n]:>12,} rows"),
+        with Progress(TextColumn("{task.description:<20}"), BarColumn(), TextColumn("{task.fields[n]:>11,} rows"),
                       TimeElapsedColumn(), console=console) as progress:
             enq = progress.add_task("enqueued (producer)", total=None, n=0)
             stg = progress.add_task("sealed (stager)", total=None, n=0)
             ldd = progress.add_task("committed (loader)", total=None, n=0)
 
             def refresh():
-                s = _snapshot(config, "stager").get("totals", {})
-                lo = _snapshot(config, "loader").get("since_start", {})
-                progress.update(stg, n=s.get("rows_staged", 0))
-                progress.update(ldd, n=lo.get("rows", 0))
+                # Running figures from the status snapshots; the final ones come from the
+                # stopped processes and the manifest below.
+                s = read_snapshot(config.run_dir / "stager.json") or {}
+                lo = read_snapshot(config.run_dir / "loader.json") or {}
+                progress.update(stg, n=s.get("totals", {}).get("rows_staged", 0))
+                progress.update(ldd, n=(lo.get("since_start") or {}).get("rows", 0))
 
             def on_batch(_batch, c):
                 total = sum(v["rows"] for v in c.values())
@@ -164,52 +162,142 @@ def main(config_path, stocks, days, seed, bad_share, start):
 
             _wait(loaded, children, 600, "the loader to commit every sealed file")
             elapsed = time.monotonic() - started
-            refresh()
-            for t in (stg, ldd):
-                progress.update(t, total=1, completed=1)
-        if loader.stop() != 0:
-            raise click.ClickException(f"loader did not stop cleanly; see {loader.log_path}")
+            if loader.stop() != 0:
+                raise click.ClickException(f"loader did not stop cleanly; see {loader.log_path}")
+            children.remove(loader)
+            # The bars end at what the stopped stager reported and the manifest holds,
+            # not at the last snapshot a running process happened to write.
+            run = RunCounts.read(config, counts, stager.proc.pid)
+            progress.update(stg, total=1, completed=1, n=run.total("staged"))
+            progress.update(ldd, total=1, completed=1, n=run.total("committed"))
     finally:
         huey.storage.close()
         for child in children:
             if child.alive():
                 child.stop()
 
-    after = _table_rows(config)
-    bad_injected = sum(v["bad_rows"] for v in counts.values())
-    produced = sum(v["rows"] for v in counts.values())
-    deadlettered = sum(1 for _ in read_records(config.deadletter_dir))
-    quarantined = sum(1 for _ in config.quarantine_dir.rglob("*.error.json")) if config.quarantine_dir.exists() else 0
+    _summary(console, config, run, before, elapsed, (stager, loader))
+    if run.total("deadlettered") < run.total("bad"):
+        raise click.ClickException("fewer dead-lettered rows than injected bad rows")
 
-    table = Table("table", "rows enqueued", "bad rows injected", "warehouse rows", "files loaded (manifest)",
-                  title="duckstage demo summary")
-    for name in config.datasets.names:
-        c = counts.get(name, {"rows": 0, "bad_rows": 0})
-        rows, files = after.get(name, (0, 0))
-        table.add_row(name, f"{c['rows']:,}", f"{c['bad_rows']:,}", f"{rows:,}", f"{files:,}")
+
+class RunCounts:
+    """This run's rows per task type, from the producer, the stopped stager and the manifest.
+
+    Only this run counts: the stager's figures are its own (one process, one
+    instance), and committed rows are the manifest rows of the files that
+    instance sealed, so a second run on the same data dir reports its own rows.
+    """
+
+    def __init__(self, names, enqueued, stager, committed):
+        per_type = stager.get("task_types", {})
+        self.rows = {}
+        for name in list(names) + sorted((set(enqueued) | set(per_type) | set(committed)) - set(names)):
+            e, s = enqueued.get(name, {}), per_type.get(name, {})
+            self.rows[name] = {
+                "enqueued": e.get("rows", 0), "bad": e.get("bad_rows", 0),
+                "taken": s.get("rows_in", 0), "staged": s.get("rows_staged", 0),
+                "superseded": s.get("rows_superseded", 0), "deadlettered": s.get("rows_deadlettered", 0),
+                "filtered": s.get("rows_filtered", 0),
+                "committed": committed.get(name, (0, 0))[1], "files": committed.get(name, (0, 0))[0],
+            }
+
+    @classmethod
+    def read(cls, config, enqueued, stager_pid):
+        """Read once the stager has stopped: its last snapshot then holds its final counts."""
+        stager = read_snapshot(config.run_dir / "stager.json") or {}
+        if stager.get("pid") != stager_pid:
+            raise click.ClickException(f"the stager (pid {stager_pid}) left no status in {config.run_dir}")
+        return cls(config.datasets.names, enqueued, stager, _committed(config, stager["instance"]))
+
+    def total(self, field):
+        return sum(r[field] for r in self.rows.values())
+
+    def unaccounted(self):
+        """Named reasons why enqueued != committed + superseded + dead-lettered: {reason: rows}."""
+        t = self.total
+        named = {
+            "filtered by a processor": t("filtered"),
+            "from tasks an earlier run left in the queue": t("taken") - t("enqueued"),
+            "sealed but not committed (see loader status)": t("staged") - t("committed"),
+        }
+        return {reason: n for reason, n in named.items() if n}
+
+
+def _committed(config, instance):
+    """{task type: (files, rows)} of the manifest rows of files sealed by stager ``instance``."""
+    import duckdb
+
+    if not config.loader.database.exists():
+        return {}
+    con = duckdb.connect(str(config.loader.database), read_only=True)
+    try:
+        rows = con.execute("select file, task_type, rows from _duckstage_manifest").fetchall()
+    finally:
+        con.close()
+    out = {}
+    for file, task_type, n in rows:
+        name = staging.StagedFile.parse(file)
+        if name is not None and name.instance == instance:
+            files, total = out.get(task_type, (0, 0))
+            out[task_type] = (files + 1, total + n)
+    return out
+
+
+def _summary(console, config, run, before, elapsed, children):
+    from rich import box
+    from rich.table import Table
+
+    after = _table_rows(config)
+    table = Table(title="this run's rows, by table", box=box.SIMPLE, show_footer=True)
+    table.add_column("table", "total")
+    for heading, field in COLUMNS:
+        table.add_column(heading, f"{run.total(field):,}", justify="right")
+    table.add_column("warehouse\nrows", f"{sum(r for r, _ in after.values()):,}", justify="right")
+    for name, r in run.rows.items():
+        table.add_row(name, *(f"{r[field]:,}" for _, field in COLUMNS), f"{after.get(name, (0, 0))[0]:,}")
     console.print(table)
+    console.print("enqueued = committed + superseded (the same key again in one file, the newest kept) "
+                  "+ dead-lettered")
+    for reason, n in run.unaccounted().items():
+        console.print(f"  {'+' if n > 0 else '-'} {abs(n):,} rows {reason}")
     console.print("warehouse rows are distinct keys: re-fetches, qfq re-anchoring and restated reports "
                   "merge into one row per key")
-    console.print(f"end to end: {produced:,} rows enqueued and committed in {elapsed:.1f}s -> "
-                  f"{produced / elapsed:,.0f} rows/s (the synthetic producer generates while the pipeline runs)")
-    console.print(f"dead-lettered rows: {deadlettered:,} (injected bad: {bad_injected:,}); "
-                  f"quarantined files: {quarantined}")
+    produced = run.total("enqueued")
+    console.print(f"end to end: {produced:,} rows enqueued and committed in {elapsed:.1f} s, "
+                  f"{produced / elapsed:,.0f} rows/s (the producer generates while the pipeline runs)")
+    quarantined = sum(1 for _ in config.quarantine_dir.rglob("*.error.json")) if config.quarantine_dir.exists() else 0
+    console.print(f"files committed: {run.total('files'):,}; files in quarantine: {quarantined:,}")
+    console.print(f"dead-lettered rows: {run.total('deadlettered'):,} (injected bad: {run.total('bad'):,})")
+    stager, loader = children
     console.print(f"peak memory: stager {stager.peak / 2**20:.0f} MiB, loader {loader.peak / 2**20:.0f} MiB")
     if before:
-        console.print(f"(the warehouse already held {sum(r for r, _ in before.values()):,} rows before this run; "
-                      "a rerun merges the same keys again)")
-    duckdb_cli = shutil.which("duckdb", path=os.path.dirname(sys.executable)) or "duckdb"
-    rel = os.path.relpath
+        console.print(f"before this run the warehouse held {sum(r for r, _ in before.values()):,} rows; "
+                      "a rerun merges the same keys again")
     click.echo("\nLook at it with the duckdb CLI:")
-    click.echo(f"  {rel(duckdb_cli)} -readonly {rel(config.loader.database)} "
-                  "-c \"select ts_code, trade_date, close, pct_chg from stock_daily order by trade_date desc limit 5\"")
-    click.echo(f"  {rel(duckdb_cli)} -readonly {rel(config.loader.database)} "
-               "-c \"select ts_code, end_date, update_flag, n_income_attr_p from income limit 5\"")
-    click.echo(f"  {rel(duckdb_cli)} -c \"from '{rel(config.archive_dir)}/stock_daily/*/*.parquet' limit 5\"")
-    click.echo(f"  {rel(duckdb_cli)} -c \"select task_type, reason, count(*) from "
-               f"read_json_auto('{rel(config.deadletter_dir)}/*/*.jsonl') group by all\"")
-    if deadlettered < bad_injected:
-        raise click.ClickException("fewer dead-lettered rows than injected bad rows")
+    for command in _duckdb_commands(config):
+        click.echo(f"  {command}")
+
+
+def _shown(path):
+    """``path`` relative to the working directory when it is below it, else absolute."""
+    path = os.path.abspath(path)
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _duckdb_commands(config):
+    cli = _shown(shutil.which("duckdb", path=os.path.dirname(sys.executable)) or "duckdb")
+    db = _shown(config.loader.database)
+    return [
+        f'{cli} -readonly {db} -c "select ts_code, trade_date, close, pct_chg from stock_daily '
+        'order by trade_date desc, pct_chg desc limit 5"',
+        f'{cli} -readonly {db} -c "select ts_code, end_date, update_flag, n_income_attr_p from income '
+        'order by end_date desc limit 5"',
+        f'{cli} -c "from \'{_shown(config.archive_dir)}/stock_daily/*/*.parquet\' limit 5"',
+        f'{cli} -c "select task_type, reason, count(*) from '
+        f'read_json_auto(\'{_shown(config.deadletter_dir)}/*/*.jsonl\') group by all"',
+    ]
 
 
 def _table_rows(config):
