@@ -5,7 +5,7 @@ Tushare call's result goes, unchanged, to the Huey task
 ``process_fetched_data(task_type, data, **request_params)``; duckstage
 validates, cleans (YYYYMMDD -> DATE, NaN -> NULL), stages and loads it.
 
-Rules that matter (see shared/tushare_schemas.md):
+Rules that matter (the Tushare facts behind them are in docs/tushare.md):
 
 - Pass the request parameters as keyword arguments. They travel with the rows
   and some decide which version of a row wins: for ``daily_bar_qfq`` the

@@ -1,4 +1,4 @@
-"""Loader errors, classified by what happens next (DESIGN.md, "Error classes").
+"""Loader errors, classified by what happens next (docs/design.md, "Error classes").
 
 - ``FileRefused``: a staged file the warehouse will not take (unreadable,
   mislabelled, a type the table refuses). It goes to quarantine with an error

@@ -1,6 +1,6 @@
 """duckstage's stager: Huey results -> validated, cleaned, sealed Parquet files.
 
-The producer contract (DESIGN.md): ``TaskType``, ``TaskResult``, and the Huey
+The producer contract (docs/design.md): ``TaskType``, ``TaskResult``, and the Huey
 task ``stager.tasks.process_fetched_data``.
 """
 

@@ -4,7 +4,7 @@ The fast path is columnar (pyarrow.compute): a well-formed batch never touches
 a Python loop per value. Only a column that fails to convert as a whole is
 converted value by value, to find the rows to dead-letter and say why.
 
-Cleaning rules (DESIGN.md, tushare_schemas.md):
+Cleaning rules (docs/design.md; the Tushare facts behind them: docs/tushare.md):
 - ``YYYYMMDD`` (or ``YYYY-MM-DD``) strings become DATE; an empty string is NULL;
 - numeric strings become numbers; NaN and +-inf become NULL;
 - undeclared columns are dropped (counted, and logged once by the caller);

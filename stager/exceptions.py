@@ -1,4 +1,4 @@
-"""Errors, classified by what happens next (DESIGN.md, "Error classes").
+"""Errors, classified by what happens next (docs/design.md, "Error classes").
 
 - ``ConfigError``: a person's mistake in a config or datasets file: refused at
   start-up with the file, the key and what was expected.

@@ -90,8 +90,8 @@ def families(st):
     yield GaugeMetricFamily("duckstage_huey_storage_error", "1 if the Huey storage could not be read",
                             value=1 if "error" in backlog else 0)
 
-    errors = CounterMetricFamily("duckstage_stager_errors", "Errors by class (DESIGN.md error classes)",
-                                 labels=["error_class"])
+    errors = CounterMetricFamily("duckstage_stager_errors",
+                                 "Errors by class (the error classes of docs/design.md)", labels=["error_class"])
     for error_class, n in sorted((st.get("errors") or {}).items()):
         errors.add_metric([error_class], n)
     yield errors

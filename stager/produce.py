@@ -7,7 +7,7 @@ would enqueue them; ``produce`` enqueues them through the Huey task
 afterwards. Generation is pure (no Huey, no I/O) and deterministic: the same
 arguments give the same batches, byte for byte.
 
-What the data looks like (see shared/tushare_schemas.md):
+What the data looks like (the Tushare facts behind it are in docs/tushare.md):
 
 - a trading calendar without weekends and SSE holidays (exact for 2019-2026,
   fixed-date holidays only for other years);

@@ -1,7 +1,7 @@
 """The synthetic producer: realistic Tushare-shaped data, reproducible, with known bad rows.
 
 Rows are checked against config/datasets.yaml with a small validator of our
-own (not the stager's), and against the Tushare rules in shared/tushare_schemas.md.
+own (not the stager's), and against the Tushare rules in docs/tushare.md.
 """
 
 import datetime as dt
