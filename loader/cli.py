@@ -1,40 +1,22 @@
 """``loader``: a thin CLI over the library (``loader run | reload | rebuild | status``).
 
 Each command parses, calls one library function, and turns known errors into
-one line on stderr: a configuration or argument error exits 2, a database
-error 1. SIGTERM and SIGINT only set the stop event.
+one line on stderr (stager.command: exit 2 for a person's mistake, 1 for work
+that did not finish). SIGTERM and SIGINT only set the stop event.
 """
 
 import json
 import signal
-import sys
 import threading
 
 import click
 
-from stager import logs
-from stager.config import load_config
-from stager.exceptions import ConfigError, PortUnavailable
+from stager.command import CommandLine, Unfinished, UserError, config_problem, load, say
+from stager.exceptions import PortUnavailable
 
 from .exceptions import DatabaseBusy, LoaderError
 
 PROGRESS_FROM = 10  # files: below this a progress bar is noise
-
-
-def _config(ctx):
-    try:
-        return load_config(ctx.obj["config"])
-    except ConfigError as exc:
-        raise click.exceptions.Exit(_fail(str(exc), 2)) from None
-
-
-def _fail(message, code):
-    click.echo(f"loader: {message}", err=True)
-    return code
-
-
-def _logging(ctx, config):
-    logs.setup(config.log_level, ctx.obj["log_format"], process="loader")
 
 
 def _on_signals(event):
@@ -45,43 +27,24 @@ def _on_signals(event):
     signal.signal(signal.SIGINT, handler)
 
 
-class _Group(click.Group):
-    """Usage errors as one line and exit 2, never click's multi-line usage block."""
-
-    def main(self, args=None, **kwargs):
-        kwargs["standalone_mode"] = False
-        try:
-            rv = super().main(args, **kwargs)
-        except click.UsageError as exc:
-            sys.exit(_fail(exc.format_message().replace("\n", " "), 2))
-        except click.Abort:
-            sys.exit(_fail("aborted", 1))
-        except OSError as exc:  # a path of the configuration that cannot be made or read
-            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-            sys.exit(_fail(f"{exc.strerror or exc}{where}: check data_dir and the paths in the configuration", 2))
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="duckstage YAML file (default: $DUCKSTAGE_CONFIG, then config/duckstage.yaml)")
-@click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", show_default=True,
-              help="text: human-readable lines; json: one JSON object per line")
-@click.pass_context
-def main(ctx, config_path, log_format):
+@click.group(cls=CommandLine, name="loader")
+def main():
     """Merge sealed staging files into the DuckDB warehouse, each exactly once.
 
-    Example: loader --config config/duckstage.yaml --log-format json run
+    --config and --log-format may come before or after the command.
+    Exit status: 0 done, 1 unfinished (stopped, database busy, a thread did not stop in time),
+    2 a mistake in the configuration or arguments.
+
+    Example: loader run --config config/duckstage.yaml --log-format json
     """
-    ctx.obj = {"config": config_path, "log_format": log_format}
 
 
 @main.command()
-@click.pass_context
-def run(ctx):
+def run():
     """Load sealed files as they appear, and at start-up those sealed while it was down.
 
-    SIGTERM or SIGINT: finish or roll back the current transaction, exit 0.
+    SIGTERM or SIGINT: finish or roll back the current transaction, exit 0
+    (1 when a thread did not stop within loader.shutdown_timeout).
     SIGHUP (or an edit of the config file) applies the live loader settings.
     With loader.metrics_port set it serves /metrics, /healthz and /readyz.
 
@@ -89,8 +52,7 @@ def run(ctx):
     """
     from .service import Loader
 
-    config = _config(ctx)
-    _logging(ctx, config)
+    config = load("loader")
     loader = Loader(config)
     _on_signals(loader.stopped_event)
 
@@ -102,13 +64,12 @@ def run(ctx):
     try:
         loader.start()
     except PortUnavailable as exc:
-        raise click.exceptions.Exit(_fail(f"{exc} (loader.metrics_port)", 2)) from None
-    except OSError as exc:
-        raise click.exceptions.Exit(_fail(f"cannot prepare {config.data_dir} (data_dir): {exc.strerror or exc}",
-                                          2)) from None
+        raise config_problem(config, "loader.metrics_port", "a port this process can listen on", exc) from None
     while not loader.stopped_event.wait(1.0):
         pass
-    loader.stop(timeout=max(60, config.stager.shutdown_timeout))
+    if not loader.stop(timeout=config.loader.shutdown_timeout):
+        raise Unfinished(f"threads still running after loader.shutdown_timeout ({config.loader.shutdown_timeout:g}s)"
+                         f" of {config.source}; an unfinished transaction is rolled back, its files load again")
 
 
 def _progress(total, label):
@@ -136,7 +97,7 @@ def _open(config, stop):
     from .warehouse import Warehouse
 
     def waiting(exc, delay, attempts):
-        click.echo(f"loader: database busy, retry {attempts} in {delay:g}s: {str(exc).splitlines()[0]}", err=True)
+        say(f"database busy, retry {attempts} in {delay:g}s: {str(exc).splitlines()[0]}")
 
     return wait_open(Warehouse(config.loader.database), config.loader, stop, waiting)
 
@@ -146,14 +107,13 @@ def _summary(out):
                f" {out.updated:,} updated), {len(out.skipped)} already loaded,"
                f" {len(out.quarantined)} quarantined")
     for name in out.quarantined:
-        click.echo(f"quarantined: {name}", err=True)
+        say(f"quarantined: {name}")
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--force", is_flag=True, help="overwrite newer rows too (a deliberate roll-back)")
-@click.pass_context
-def reload(ctx, paths, force):
+def reload(paths, force):
     """Re-apply staged, archived or quarantined files (paths or globs) by hand.
 
     A replayed file never overwrites a row with a newer version unless --force.
@@ -164,8 +124,7 @@ def reload(ctx, paths, force):
     from .load import reload as reload_files
     from .load import resolve_paths
 
-    config = _config(ctx)
-    _logging(ctx, config)
+    config = load("loader")
     stop = threading.Event()
     _on_signals(stop)
     try:
@@ -178,18 +137,17 @@ def reload(ctx, paths, force):
         finally:
             wh.close()
     except LoaderError as exc:
-        raise click.exceptions.Exit(_fail(str(exc), 2)) from None
+        raise UserError(str(exc)) from None
     except DatabaseBusy as exc:
-        raise click.exceptions.Exit(_fail(str(exc), 1)) from None
+        raise Unfinished(str(exc)) from None
     _summary(out)
     if out.stopped:
-        raise click.exceptions.Exit(_fail("stopped; the remaining files were not reloaded", 1))
+        raise Unfinished("stopped; the remaining files were not reloaded")
 
 
 @main.command()
 @click.option("--task-type", "task_types", multiple=True, help="only this task type (repeatable)")
-@click.pass_context
-def rebuild(ctx, task_types):
+def rebuild(task_types):
     """Replay the archive into fresh tables (one transaction per task type).
 
     Files still in staging/ are not part of it: `loader run` loads them after.
@@ -200,11 +158,11 @@ def rebuild(ctx, task_types):
     from . import filing
     from .load import rebuild as rebuild_tables
 
-    config = _config(ctx)
-    _logging(ctx, config)
+    config = load("loader")
     for t in task_types:
         if t not in config.datasets:
-            raise click.exceptions.Exit(_fail(f"--task-type: {t!r} is not in {config.datasets.source}", 2))
+            raise UserError(f"--task-type: expected a task type of {config.datasets.source}"
+                            f" ({', '.join(config.datasets.names)}), got {t!r}")
     names = list(task_types) or config.datasets.names
     stop = threading.Event()
     _on_signals(stop)
@@ -218,24 +176,27 @@ def rebuild(ctx, task_types):
         finally:
             wh.close()
     except LoaderError as exc:
-        raise click.exceptions.Exit(_fail(str(exc), 1)) from None
+        if stop.is_set():
+            raise Unfinished(str(exc)) from None
+        raise UserError(str(exc)) from None
     except DatabaseBusy as exc:
-        raise click.exceptions.Exit(_fail(str(exc), 1)) from None
+        raise Unfinished(str(exc)) from None
     _summary(out)
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.pass_context
-def status(ctx, as_json):
+def status(as_json):
     """Pending files and rows per type, last load, rate, manifest totals, quarantine, retries.
 
-    Works while `loader run` holds the database: it reads the loader's snapshot.
+    Works while `loader run` holds the database (it reads the loader's snapshot),
+    and with a configuration edit that is refused: it shows the refusal beside
+    the running values.
 
     Example: loader status --json
     """
     from .status import collect, render
 
-    config = _config(ctx)
-    st = collect(config)
+    config, refused = load("loader", lenient=True)
+    st = collect(config, refused=refused)
     click.echo(json.dumps(st, indent=2, default=str) if as_json else render(st))

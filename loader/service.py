@@ -375,8 +375,14 @@ class Loader:
                 break  # new values (or a refusal to report): plan the next step again
         self.wake.clear()
 
-    def stop(self, timeout=60):
-        """Finish (or roll back) the current transaction, release the database, stop threads."""
+    def stop(self, timeout=None):
+        """Finish (or roll back) the current transaction, release the database, stop threads.
+
+        Waits ``timeout`` seconds in all (``loader.shutdown_timeout`` unless
+        given); False when a thread was still running then.
+        """
+        timeout = self.config.loader.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         self.stopped_event.set()
         self.wake.set()
         if self._watcher is not None:
@@ -384,7 +390,7 @@ class Loader:
             self._watcher = None
         alive = False
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
             alive = self._thread.is_alive()
             self._thread = None
         else:

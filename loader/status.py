@@ -6,7 +6,6 @@ after every step, and ``status`` reads that, the staging and quarantine
 folders, and the manifest itself when the database is free.
 """
 
-import datetime as dt
 import os
 from pathlib import Path
 
@@ -15,17 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stager import staging
-from stager.ops import config_lines, pid_alive, read_snapshot
+from stager.command import checked_at, config_report, config_report_lines, process_config_lines
+from stager.ops import pid_alive, read_snapshot
 
 from . import filing
 from .discovery import scan, unknown_folders
 from .warehouse import MANIFEST, q
-
-
-
-
-
-
 
 
 def _rows(path):
@@ -57,8 +51,8 @@ def _manifest(database):
         con.close()
 
 
-def collect(config, snapshot_name="loader.json"):
-    """Everything ``loader status`` shows, as one JSON-ready dict."""
+def collect(config, snapshot_name="loader.json", refused=None):
+    """Everything ``loader status`` shows, as one JSON-ready dict; ``refused``: the file's ConfigError, if any."""
     snap = read_snapshot(config.run_dir / snapshot_name)
     running = bool(snap and snap.get("state") != "stopped" and pid_alive(int(snap.get("pid", 0))))
     pending = {}
@@ -72,7 +66,8 @@ def collect(config, snapshot_name="loader.json"):
         manifest = snap.get("manifest") or {}
     quarantined = filing.quarantined(config.quarantine_dir)
     return {
-        "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "checked_at": checked_at(),
+        "configuration": config_report(config, refused, snap if running else None),
         "loader": {
             "running": running,
             "pid": snap.get("pid") if snap else None,
@@ -104,20 +99,21 @@ def render(st):
     lines = []
     lo = st["loader"]
     head = f"loader: {lo['state']}" + (f" (pid {lo['pid']})" if lo["running"] else "")
-    lines.append(head)
+    lines.append(f"{head}, checked at {st['checked_at']}")
+    lines += config_report_lines(st["configuration"], "loader", lo["running"])
     if st["retry"]:
         r = st["retry"]
         pace = "slowly, past max_retries" if r["slow"] else "with backoff"
         lines.append(f"  database busy since {r['since']}: retry {r['attempts']} {pace},"
                      f" every {r['delay']:g}s: {r['error']}")
-    lines += [f"  {line}" for line in config_lines(st)]
+    lines += [f"  {line}" for line in process_config_lines(st, st["configuration"], lo["running"])]
     if st["database_busy"]:
         lines.append(f"database {st['database']}: {st['database_busy']} (figures from its snapshot)")
     else:
         lines.append(f"database {st['database']}")
     if st["last_load"]:
         ll = st["last_load"]
-        lines.append(f"last load: {ll['task_type']} {ll['files']} file(s), {ll['rows']} rows at {ll['at']}")
+        lines.append(f"last load: {ll['task_type']} {ll['files']:,} file(s), {ll['rows']:,} rows at {ll['at']}")
     if st["rows_per_second"]:
         lines.append(f"rows per second (last cycle): {st['rows_per_second']:,}")
     types = sorted(set(st["pending"]) | set(st["manifest"]) | set(st["quarantined"]))
@@ -126,12 +122,12 @@ def render(st):
     for t in types:
         p = st["pending"].get(t, {"files": 0, "rows": 0})
         m = st["manifest"].get(t, {"files": 0, "rows": 0})
-        lines.append(f"{t:<16}{p['files']:>9}{p['rows']:>11}{m['files']:>9}{m['rows']:>13}"
-                     f"{len(st['quarantined'].get(t, [])):>10}")
+        lines.append(f"{t:<16}{p['files']:>9,}{p['rows']:>11,}{m['files']:>9,}{m['rows']:>13,}"
+                     f"{len(st['quarantined'].get(t, [])):>10,}")
     if st["temporary_files"]:
-        lines.append(f"{st['temporary_files']} temporary file(s) being written (never loaded)")
+        lines.append(f"{st['temporary_files']:,} temporary file(s) being written (never loaded)")
     for t, n in st["unknown_task_types"].items():
-        lines.append(f"staging/{t}: {n} file(s) of a task type not in datasets.yaml (not loaded)")
+        lines.append(f"staging/{t}: {n:,} file(s) of a task type not in datasets.yaml (not loaded)")
     for t, names in st["quarantined"].items():
         for name in names:
             lines.append(f"quarantined: {t}/{name} (see {name}.error.json)")

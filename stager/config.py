@@ -1,9 +1,14 @@
 """Configuration: defaults in one place, validated once, passed down as plain values.
 
-``load_config`` reads ``config/duckstage.yaml`` (or ``--config PATH``, or
-``$DUCKSTAGE_CONFIG``), checks every key against ``SPEC`` and returns a frozen
-``Config``. Components take the values they need as arguments; none of them
-reads YAML or the environment.
+``load_config`` reads ``--config PATH``, else ``$DUCKSTAGE_CONFIG``, else
+``config/duckstage.yaml`` in the working directory, checks every key against
+``SPEC`` and returns a frozen ``Config``. Components take the values they need
+as arguments; none of them reads YAML or the environment.
+
+Relative paths in a configuration file are relative to the file's folder (as
+Prometheus and docker compose have it): a producer started anywhere with the
+same ``$DUCKSTAGE_CONFIG`` enqueues into the queue the stager reads. Without a
+file, they are relative to the working directory.
 """
 
 import logging
@@ -14,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from .datasets import load_datasets
-from .exceptions import ConfigError
+from .datasets import Datasets, load_datasets
+from .exceptions import ConfigError, ConfigProblem
 
 ENV_VAR = "DUCKSTAGE_CONFIG"
 DEFAULT_PATH = Path("config") / "duckstage.yaml"
@@ -32,13 +37,14 @@ class Key:
         self.check = check or (lambda v: True)
         self.live = live
 
-    def validate(self, value, source, key):
+    def problem(self, value, source, key):
+        """None when ``value`` is acceptable, else what is wrong with it."""
         kind_ok = isinstance(value, self.kind) and not (
             isinstance(value, bool) and bool not in _as_tuple(self.kind)
         )
         if not kind_ok or not self.check(value):
-            raise ConfigError(source, key, self.expected, value)
-        return value
+            return ConfigProblem(source, key, self.expected, value)
+        return None
 
 
 def _as_tuple(kind):
@@ -87,7 +93,7 @@ SPEC = {
         **BATCH_KEYS,
         "queue_check_interval": _positive_num(0.1),
         "run_huey_consumer": Key(True, bool, "true or false"),
-        "shutdown_timeout": _positive_num(60, live=False),
+        "shutdown_timeout": _positive_num(60, live=False),  # seconds to finish in-flight work when asked to stop
         "status_interval": _positive_num(1.0),
         "task_types": Key({}, dict, "a mapping of task type -> {batch_size, batch_bytes, batch_timeout}", live=True),
         **_metrics_keys(),
@@ -102,6 +108,7 @@ SPEC = {
         "new_columns": Key("add", str, "one of add, quarantine, ignore", lambda v: v in ("add", "quarantine", "ignore"), True),
         "archive_retention_days": Key(0, _num, "a number of days >= 0 (0 keeps archives forever)", lambda v: v >= 0, True),
         "idle_release": Key(2.0, _num, "a number of seconds >= 0", lambda v: v >= 0, True),
+        "shutdown_timeout": _positive_num(60, live=False),  # seconds to finish the current transaction
         **_metrics_keys(),
     },
 }
@@ -149,19 +156,21 @@ class LoaderConfig:
     new_columns: str
     archive_retention_days: float
     idle_release: float
+    shutdown_timeout: float = 60
     metrics_port: int = 0  # 0: no HTTP endpoint
     metrics_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
 class Config:
-    source: str  # the file it came from, or "<defaults>"
+    source: str  # the absolute path of the file it came from, or "<defaults>"
     data_dir: Path
     datasets: object  # stager.datasets.Datasets
     log_level: str
     huey: HueyConfig
     stager: StagerConfig
     loader: LoaderConfig
+    note: str = ""  # with no file: which files were looked for, for the log
 
     @property
     def staging_dir(self):
@@ -191,52 +200,101 @@ class Config:
         return replace(self, loader=replace(self.loader, **changes))
 
 
-def config_path(explicit=None, environ=None):
-    """The file to read: --config, then $DUCKSTAGE_CONFIG, then config/duckstage.yaml if present."""
-    environ = os.environ if environ is None else environ
+def _find(explicit, environ, cwd):
+    """The file to read, and how it was named: --config, then $DUCKSTAGE_CONFIG, then config/duckstage.yaml."""
     if explicit:
-        return Path(explicit)
+        return Path(explicit), "--config"
     if environ.get(ENV_VAR):
-        return Path(environ[ENV_VAR])
-    if DEFAULT_PATH.is_file():
-        return DEFAULT_PATH
-    return None
+        return Path(environ[ENV_VAR]), f"${ENV_VAR}"
+    default = cwd / DEFAULT_PATH
+    return (default, "the default location") if default.is_file() else (None, None)
 
 
 def load_config(path=None, environ=None, cwd=None):
-    """Load, validate and resolve the configuration. Raises ConfigError."""
-    path = config_path(path, environ)
-    cwd = Path(cwd or os.getcwd())
-    raw = {}
-    if path is not None:
-        source = str(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f)
-        except FileNotFoundError:
-            raise ConfigError(path, "(file)", "an existing configuration file", has_got=False) from None
-        except IsADirectoryError:
-            raise ConfigError(path, "(file)", "a file, not a directory", has_got=False) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(path, "(file)", "valid YAML", str(exc).replace("\n", " ")) from None
-        raw = {} if raw is None else raw
-        base = Path(path).resolve().parent
+    """Load, validate and resolve the configuration. Raises ConfigError naming every wrong key."""
+    config, refused = inspect_config(path, environ, cwd)
+    if refused is not None:
+        raise refused
+    return config
+
+
+def inspect_config(path=None, environ=None, cwd=None):
+    """The configuration as far as it is valid, and the refusal (or None).
+
+    Every invalid key takes its default and every problem is in the returned
+    ConfigError, so that ``status`` can still find the data folder and show a
+    refused edit next to the running values. A configuration file that was
+    named but does not exist (or is a folder) is raised: there is nothing to show.
+    """
+    environ = os.environ if environ is None else environ
+    cwd = Path(cwd or os.getcwd()).absolute()
+    found, named_by = _find(path, environ, cwd)
+    problems = []
+    if found is None:
+        looked_for = f"no --config, no ${ENV_VAR}, no {cwd / DEFAULT_PATH}"
+        note = f"no configuration file ({looked_for}): using the defaults, data in {cwd / 'data'}"
+        config, more = _build({}, f"no configuration file ({looked_for}), the defaults", cwd / "config", cwd)
+        config = replace(config, source="<defaults>", note=note)
     else:
-        source = "<defaults>"
-        base = cwd / "config"
-    return from_mapping(raw, source, base, cwd)
+        found = found if found.is_absolute() else cwd / found
+        raw = _read_yaml(found, named_by, problems)
+        folder = found.resolve().parent  # the real folder: "../data" then means what it says on disk
+        config, more = _build(raw, str(found), folder, folder)
+    problems += more
+    return config, (ConfigError(problems=problems) if problems else None)
+
+
+def _read_yaml(path, named_by, problems):
+    """The parsed file, or {} with the reason added to ``problems``. Raises ConfigError when there is no file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", f"an existing configuration file (named by {named_by})",
+                          has_got=False) from None
+    except IsADirectoryError:
+        raise ConfigError(path, "(file)", f"a file, not a directory (named by {named_by})", has_got=False) from None
+    except OSError as exc:
+        raise ConfigError(path, "(file)", f"a readable configuration file ({exc.strerror or exc})",
+                          has_got=False) from None
+    except yaml.YAMLError as exc:
+        problems.append(ConfigProblem(path, "(file)", "valid YAML", str(exc).replace("\n", " ")))
+        return {}
+    return {} if raw is None else raw
 
 
 def from_mapping(raw, source="<mapping>", config_dir=None, cwd=None):
-    """Validate a parsed YAML mapping and build a Config (paths resolved)."""
-    values = _validate(raw, SPEC, source, "")
+    """Validate a parsed YAML mapping and build a Config (paths resolved). Raises ConfigError.
+
+    A relative ``data_dir`` resolves against ``cwd`` (the working directory
+    unless given) and a relative ``datasets`` against ``config_dir``
+    (``cwd/config`` unless given); ``load_config`` passes a file's folder as both.
+    """
     cwd = Path(cwd or os.getcwd())
+    config, problems = _build(raw, source, Path(config_dir) if config_dir else cwd / "config", cwd)
+    if problems:
+        raise ConfigError(problems=problems)
+    return config
+
+
+def _build(raw, source, config_dir, data_base):
+    """``(Config, problems)``: every invalid value replaced by its default, every problem listed."""
+    problems = []
+    values = _validate(raw, SPEC, source, "", problems)
     data_dir = Path(values["data_dir"])
-    data_dir = data_dir if data_dir.is_absolute() else cwd / data_dir
-    config_dir = Path(config_dir) if config_dir else cwd / "config"
+    data_dir = data_dir if data_dir.is_absolute() else Path(os.path.normpath(Path(data_base) / data_dir))
     datasets_path = Path(values["datasets"])
-    datasets_path = datasets_path if datasets_path.is_absolute() else config_dir / datasets_path
-    datasets = load_datasets(datasets_path)
+    datasets_path = datasets_path if datasets_path.is_absolute() else Path(config_dir) / datasets_path
+    datasets = None
+    if datasets_path.is_file():
+        try:
+            datasets = load_datasets(datasets_path)
+        except ConfigError as exc:
+            problems += exc.problems
+    else:
+        problems.append(ConfigProblem(source, "datasets", "an existing datasets file", str(datasets_path)))
+    if datasets is None:
+        datasets = Datasets([], 1, str(datasets_path))
 
     def under_data(p):
         p = Path(p)
@@ -247,18 +305,26 @@ def from_mapping(raw, source="<mapping>", config_dir=None, cwd=None):
     for task_type, body in s["task_types"].items():
         key = f"stager.task_types.{task_type}"
         if task_type not in datasets:
-            raise ConfigError(source, key, "a task type declared in " + str(datasets_path), task_type)
+            if datasets.names:  # else the datasets file is refused already
+                problems.append(ConfigProblem(source, key, "a task type declared in " + str(datasets_path),
+                                              task_type))
+            continue
         if not isinstance(body, dict):
-            raise ConfigError(source, key, "a mapping of batch_size, batch_bytes, batch_timeout", body)
+            problems.append(ConfigProblem(source, key, "a mapping of batch_size, batch_bytes, batch_timeout", body))
+            continue
         merged = {k: s[k] for k in BATCH_KEYS}
         for k, v in body.items():
             if k not in BATCH_KEYS:
-                raise ConfigError(source, f"{key}.{k}", "one of " + ", ".join(BATCH_KEYS) + " (unknown key)", v)
-            merged[k] = BATCH_KEYS[k].validate(v, source, f"{key}.{k}")
+                problems.append(ConfigProblem(source, f"{key}.{k}",
+                                              "one of " + ", ".join(BATCH_KEYS) + " (unknown key)", v))
+            elif (problem := BATCH_KEYS[k].problem(v, source, f"{key}.{k}")) is not None:
+                problems.append(problem)
+            else:
+                merged[k] = v
         overrides[task_type] = BatchSettings(**merged)
 
     h, lo = values["huey"], values["loader"]
-    return Config(
+    config = Config(
         source=source,
         data_dir=data_dir,
         datasets=datasets,
@@ -280,22 +346,28 @@ def from_mapping(raw, source="<mapping>", config_dir=None, cwd=None):
             **{k: lo[k] for k in SPEC["loader"] if k != "database"},
         ),
     )
+    return config, problems
 
 
-def _validate(raw, spec, source, prefix):
+def _validate(raw, spec, source, prefix, problems):
+    """The values of ``spec`` from ``raw``: each wrong one is added to ``problems`` and takes its default."""
     if not isinstance(raw, dict):
-        raise ConfigError(source, prefix.rstrip(".") or "(file)", "a mapping of keys", raw)
+        problems.append(ConfigProblem(source, prefix.rstrip(".") or "(file)", "a mapping of keys", raw))
+        raw = {}
     out = {}
     for key, value in raw.items():
         if key not in spec:
             known = ", ".join(spec)
-            raise ConfigError(source, prefix + str(key), f"one of {known} (unknown key)", value)
+            problems.append(ConfigProblem(source, prefix + str(key), f"one of {known} (unknown key)", value))
     for key, rule in spec.items():
         name = prefix + key
         if isinstance(rule, dict):
-            out[key] = _validate(raw.get(key) or {}, rule, source, name + ".")
+            out[key] = _validate({} if raw.get(key) is None else raw[key], rule, source, name + ".", problems)
+        elif key in raw and (problem := rule.problem(raw[key], source, name)) is not None:
+            problems.append(problem)
+            out[key] = rule.default
         else:
-            out[key] = rule.validate(raw[key], source, name) if key in raw else rule.default
+            out[key] = raw.get(key, rule.default)
     return out
 
 
@@ -433,5 +505,12 @@ class ConfigWatcher:
         return new, "applied"
 
     def status(self, config):
+        """For status and metrics; ``values`` are the running ones, by dotted key (a refused edit shows beside them)."""
         return {"source": self.source, "error": self.error, "reloads": self.reloads,
-                "restart_required": list(self.restart_required), "log_level": config.log_level}
+                "restart_required": list(self.restart_required), "log_level": config.log_level,
+                "values": running_values(config)}
+
+
+def running_values(config):
+    """Every key's value in ``config``, by dotted name, JSON-ready."""
+    return _flatten(_as_mapping(config), SPEC)

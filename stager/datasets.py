@@ -6,12 +6,12 @@ DuckDB table and its staging sub-folder.
 """
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyarrow as pa
 import yaml
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, ConfigProblem
 
 # DuckDB type name -> Arrow type of the staged column.
 TYPES = {
@@ -54,8 +54,7 @@ class Dataset:
     anchor_param: str = None
     anchor_column: str = None
     source: str = ""
-    processor: str = None  # "module:function" (stager.processors), or None
-    transform: object = field(default=None, compare=False, repr=False)  # the imported function
+    processor: str = None  # "module:function", imported by the stager alone (stager.processors)
 
     @property
     def system_columns(self):
@@ -118,40 +117,66 @@ class Datasets:
 
 
 def load_datasets(path):
-    """Read and validate a datasets file; raise ConfigError naming the key."""
+    """Read and validate a datasets file; raise ConfigError naming every wrong key."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(path, "datasets", "an existing datasets file", has_got=False) from None
+        raise ConfigError(path, "(file)", "an existing datasets file", has_got=False) from None
+    except OSError as exc:
+        raise ConfigError(path, "(file)", f"a readable datasets file ({exc.strerror or exc})", has_got=False) \
+            from None
     except yaml.YAMLError as exc:
         raise ConfigError(path, "(file)", "valid YAML", str(exc).replace("\n", " ")) from None
     return parse_datasets(raw, path)
 
 
+class _Refusal(Exception):
+    """Ends the check of one part of the file; its problem is already recorded."""
+
+
 def parse_datasets(raw, source="<datasets>"):
+    """Validate a parsed datasets file. Every wrong key is reported at once, not only the first:
+    a person fixing the file should not have to restart once per mistake."""
+    problems = []
+
     def fail(key, expected, got):
-        raise ConfigError(source, key, expected, got)
+        problems.append(ConfigProblem(source, key, expected, got))
+        raise _Refusal
+
+    def check(part, *args):
+        try:
+            return part(*args)
+        except _Refusal:
+            return None
 
     if not isinstance(raw, dict):
-        fail("(file)", "a mapping with schema_version and datasets", raw)
-    unknown = set(raw) - {"schema_version", "datasets"}
-    if unknown:
-        fail(sorted(unknown)[0], "one of schema_version, datasets (unknown key)", raw[sorted(unknown)[0]])
+        check(fail, "(file)", "a mapping with schema_version and datasets", raw)
+        raise ConfigError(problems=problems)
+    for key in raw:
+        if key not in ("schema_version", "datasets"):
+            check(fail, key, "one of schema_version, datasets (unknown key)", raw[key])
     version = raw.get("schema_version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        fail("schema_version", "a positive integer", version)
+        check(fail, "schema_version", "a positive integer", version)
     entries = raw.get("datasets")
+    datasets = []
     if not isinstance(entries, dict) or not entries:
-        fail("datasets", "a mapping of task type -> dataset", entries)
-    return Datasets([_parse_one(name, body, fail, source) for name, body in entries.items()], version, str(source))
+        check(fail, "datasets", "a mapping of task type -> dataset", entries)
+    else:
+        datasets = [check(_parse_one, name, body, fail, check) for name, body in entries.items()]
+    if problems:
+        raise ConfigError(problems=problems)
+    return Datasets(datasets, version, str(source))
 
 
 _DATASET_KEYS = {"source", "primary_key", "version_order", "anchor", "columns", "processor"}
 _COLUMN_KEYS = {"name", "type", "nullable", "pattern", "note", "api_default"}
+# module:function, the function possibly a dotted attribute; imported by the stager alone.
+PROCESSOR_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-def _parse_one(name, body, fail, origin="<datasets>"):
+def _parse_one(name, body, fail, check):
     where = f"datasets.{name}"
     if not isinstance(name, str) or not NAME_RE.match(name):
         fail(where, "a task type name of lower-case letters, digits and _", name)
@@ -159,79 +184,94 @@ def _parse_one(name, body, fail, origin="<datasets>"):
         fail(where, "a mapping with primary_key, version_order, columns", body)
     for key in body:
         if key not in _DATASET_KEYS:
-            fail(f"{where}.{key}", "one of " + ", ".join(sorted(_DATASET_KEYS)) + " (unknown key)", body[key])
+            check(fail, f"{where}.{key}", "one of " + ", ".join(sorted(_DATASET_KEYS)) + " (unknown key)", body[key])
 
     raw_columns = body.get("columns")
     if not isinstance(raw_columns, list) or not raw_columns:
         fail(f"{where}.columns", "a non-empty list of columns", raw_columns)
-    columns, seen = [], set()
-    for i, col in enumerate(raw_columns):
-        at = f"{where}.columns[{i}]"
-        if not isinstance(col, dict):
-            fail(at, "a mapping with name and type", col)
-        for key in col:
-            if key not in _COLUMN_KEYS:
-                fail(f"{at}.{key}", "one of " + ", ".join(sorted(_COLUMN_KEYS)) + " (unknown key)", col[key])
-        cname = col.get("name")
-        if not isinstance(cname, str) or not COLUMN_RE.match(cname):
-            fail(f"{at}.name", "a column name of letters, digits and _ not starting with _", cname)
-        if cname in seen:
-            fail(f"{at}.name", "a name not used by another column", cname)
-        seen.add(cname)
-        ctype = col.get("type")
-        if not isinstance(ctype, str) or ctype.upper() not in TYPES:
-            fail(f"{at}.type", "one of " + ", ".join(TYPES), ctype)
-        nullable = col.get("nullable", True)
-        if not isinstance(nullable, bool):
-            fail(f"{at}.nullable", "true or false", nullable)
-        pattern = col.get("pattern")
-        if pattern is not None:
-            if ctype.upper() != "VARCHAR" or not isinstance(pattern, str):
-                fail(f"{at}.pattern", "a regular expression, on a VARCHAR column", pattern)
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                fail(f"{at}.pattern", f"a valid regular expression ({exc})", pattern)
-        columns.append(Column(cname, ctype.upper(), nullable, pattern))
+    seen = set()
+    columns = [check(_parse_column, f"{where}.columns[{i}]", col, seen, fail) for i, col in enumerate(raw_columns)]
+    if None in columns:
+        raise _Refusal  # the keys below name columns: checking them against a broken list misleads
+    columns = tuple(columns)
+    by_name = {c.name: c for c in columns}
 
-    pk = body.get("primary_key")
+    pk = check(_primary_key, where, body.get("primary_key"), by_name, fail)
+    anchor = body.get("anchor")
+    anchor_param, anchor_column = check(_anchor, where, anchor, by_name, fail) or (None, None)
+
+    version_order = body.get("version_order", [FETCHED_AT])
+    allowed = set(by_name) | {FETCHED_AT} | ({ANCHOR_DATE} if anchor is not None else set())
+    if not isinstance(version_order, list) or not version_order:
+        check(fail, f"{where}.version_order", "a non-empty list of column names", version_order)
+    else:
+        for c in version_order:
+            if c not in allowed:
+                check(fail, f"{where}.version_order", f"declared columns or {FETCHED_AT}"
+                      + (f", {ANCHOR_DATE}" if anchor is not None else "") + f" ({c} is not one)", version_order)
+                break
+
+    processor = body.get("processor")
+    if processor is not None and not (isinstance(processor, str) and PROCESSOR_RE.match(processor)):
+        # Only the form is checked here: the loader reads this file too, and must not
+        # need the user's package. The stager imports the function at start.
+        check(fail, f"{where}.processor", "module:function, e.g. mypackage.rules:check_daily", processor)
+    if pk is None:
+        raise _Refusal
+
+    source = body.get("source", "")
+    return Dataset(name, tuple(pk), tuple(version_order), columns,
+                   anchor_param, anchor_column, str(source), processor)
+
+
+def _parse_column(at, col, seen, fail):
+    if not isinstance(col, dict):
+        fail(at, "a mapping with name and type", col)
+    for key in col:
+        if key not in _COLUMN_KEYS:
+            fail(f"{at}.{key}", "one of " + ", ".join(sorted(_COLUMN_KEYS)) + " (unknown key)", col[key])
+    cname = col.get("name")
+    if not isinstance(cname, str) or not COLUMN_RE.match(cname):
+        fail(f"{at}.name", "a column name of letters, digits and _ not starting with _", cname)
+    if cname in seen:
+        fail(f"{at}.name", "a name not used by another column", cname)
+    seen.add(cname)
+    ctype = col.get("type")
+    if not isinstance(ctype, str) or ctype.upper() not in TYPES:
+        fail(f"{at}.type", "one of " + ", ".join(TYPES), ctype)
+    nullable = col.get("nullable", True)
+    if not isinstance(nullable, bool):
+        fail(f"{at}.nullable", "true or false", nullable)
+    pattern = col.get("pattern")
+    if pattern is not None:
+        if ctype.upper() != "VARCHAR" or not isinstance(pattern, str):
+            fail(f"{at}.pattern", "a regular expression, on a VARCHAR column", pattern)
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            fail(f"{at}.pattern", f"a valid regular expression ({exc})", pattern)
+    return Column(cname, ctype.upper(), nullable, pattern)
+
+
+def _primary_key(where, pk, by_name, fail):
     if not isinstance(pk, list) or not pk or not all(isinstance(c, str) for c in pk):
         fail(f"{where}.primary_key", "a non-empty list of column names", pk)
-    by_name = {c.name: c for c in columns}
     for c in pk:
         if c not in by_name:
             fail(f"{where}.primary_key", f"declared columns only ({c} is not one)", pk)
         if by_name[c].nullable:
             fail(f"{where}.primary_key", f"columns declared nullable: false ({c} is nullable)", pk)
+    return pk
 
-    anchor = body.get("anchor")
-    anchor_param = anchor_column = None
-    if anchor is not None:
-        if not isinstance(anchor, dict) or set(anchor) != {"param", "column"}:
-            fail(f"{where}.anchor", "{param: <request parameter>, column: <DATE column>}", anchor)
-        anchor_param, anchor_column = anchor["param"], anchor["column"]
-        if anchor_column not in by_name or by_name[anchor_column].type != "DATE":
-            fail(f"{where}.anchor.column", "a declared DATE column", anchor_column)
-        if not isinstance(anchor_param, str) or not anchor_param:
-            fail(f"{where}.anchor.param", "a request parameter name", anchor_param)
 
-    version_order = body.get("version_order", [FETCHED_AT])
-    allowed = set(by_name) | {FETCHED_AT} | ({ANCHOR_DATE} if anchor_param else set())
-    if not isinstance(version_order, list) or not version_order:
-        fail(f"{where}.version_order", "a non-empty list of column names", version_order)
-    for c in version_order:
-        if c not in allowed:
-            fail(f"{where}.version_order", f"declared columns or {FETCHED_AT}"
-                 + (f", {ANCHOR_DATE}" if anchor_param else "") + f" ({c} is not one)", version_order)
-
-    processor = body.get("processor")
-    transform = None
-    if processor is not None:
-        # Imported now, so a typo is refused at start-up rather than at the first task.
-        from .processors import load_callable
-
-        transform = load_callable(processor, origin, f"{where}.processor")
-
-    source = body.get("source", "")
-    return Dataset(name, tuple(pk), tuple(version_order), tuple(columns),
-                   anchor_param, anchor_column, str(source), processor, transform)
+def _anchor(where, anchor, by_name, fail):
+    if anchor is None:
+        return None, None
+    if not isinstance(anchor, dict) or set(anchor) != {"param", "column"}:
+        fail(f"{where}.anchor", "{param: <request parameter>, column: <DATE column>}", anchor)
+    anchor_param, anchor_column = anchor["param"], anchor["column"]
+    if anchor_column not in by_name or by_name[anchor_column].type != "DATE":
+        fail(f"{where}.anchor.column", "a declared DATE column", anchor_column)
+    if not isinstance(anchor_param, str) or not anchor_param:
+        fail(f"{where}.anchor.param", "a request parameter name", anchor_param)
+    return anchor_param, anchor_column

@@ -28,6 +28,7 @@ from importlib.metadata import entry_points
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .datasets import TASK_ID
 from .exceptions import ConfigError, RowError
 
 GROUP = "duckstage.processors"
@@ -43,9 +44,7 @@ class Refused(RowError):
 def load_callable(spec, source, key):
     """Import ``module:function`` (the function may be a dotted attribute); ConfigError naming ``key``."""
     expected = "an importable module:function"
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ConfigError(source, key, f"{expected}, e.g. mypackage.rules:check_daily", spec)
-    module_name, attr = spec.split(":")
+    module_name, _, attr = spec.partition(":")
     try:
         obj = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any import failure is the person's to fix
@@ -70,12 +69,18 @@ class Registered:
 
 
 def for_datasets(datasets, group=GROUP):
-    """The processors of ``datasets``: the ``processor`` key first, else an entry point named for the task type."""
+    """The processors of ``datasets``: the ``processor`` key first, else an entry point named for the task type.
+
+    Imports the users' functions, so only the stager calls it, at start: a typo
+    is refused there naming ``datasets.<task type>.processor``, and the loader,
+    which reads the same datasets file, never needs the users' packages.
+    """
     found = {}
     points = {ep.name: ep for ep in entry_points(group=group)}
     for dataset in datasets:
         if dataset.processor:
-            found[dataset.name] = Registered(dataset.name, dataset.processor, "datasets.yaml", dataset.transform)
+            function = load_callable(dataset.processor, datasets.source, f"datasets.{dataset.name}.processor")
+            found[dataset.name] = Registered(dataset.name, dataset.processor, "datasets.yaml", function)
             if dataset.name in points:
                 log.info("%s: processor %s from datasets.yaml, not the entry point %s", dataset.name,
                          dataset.processor, points[dataset.name].value)
@@ -102,8 +107,6 @@ class Applied:
 
 def apply(registered, dataset, table, task_ids):
     """Run a processor on ``table`` (rows of the tasks ``task_ids``, unique). Raises Refused."""
-    from .datasets import TASK_ID
-
     name = registered.spec
     try:
         out = registered.function(table)

@@ -64,6 +64,8 @@ class Stager:
         self.config = config
         self.clock = clock
         self.fsync = fsync or os.fsync
+        # Users' functions are imported here, by the stager alone (ConfigError for a typo), before anything opens.
+        self.transforms = processors.for_datasets(config.datasets)  # task type -> processors.Registered
         self.instance = secrets.token_hex(4)
         self.huey, _ = build_huey(config, synchronous="NORMAL" if config.huey.fsync else None)
         source_class = QueueSource if config.stager.run_huey_consumer else ResultSource
@@ -89,7 +91,6 @@ class Stager:
         self.sealing_error = None  # the last seal failure, until a seal succeeds
         self.watcher = ConfigWatcher(config, own_sections=("stager", "huey"))
         self.reload_requested = self.watcher.reload_requested  # SIGHUP sets it
-        self.transforms = processors.for_datasets(config.datasets)  # task type -> processors.Registered
         self.deadletter_reasons = {}  # task type -> Counter(reason class)
         self.seal_lag = LagHistogram()
         self.ops = None  # the /metrics, /healthz, /readyz server when metrics_port is set

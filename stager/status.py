@@ -3,19 +3,20 @@
 import time
 
 from . import staging
-from .ops import config_lines, pid_alive, read_snapshot
+from .command import checked_at, config_report, config_report_lines, process_config_lines
+from .ops import pid_alive, read_snapshot
 from .queue import build_storage_huey
 
 
-
-
-def collect(config):
+def collect(config, refused=None):
+    """Everything ``stager status`` shows, as one JSON-ready dict; ``refused``: the file's ConfigError, if any."""
     snapshot = read_snapshot(config.run_dir / "stager.json")
     running = bool(snapshot and snapshot.get("state") in ("running", "stopping") and pid_alive(snapshot["pid"]))
     huey = build_storage_huey(config.huey)
     try:
         storage = huey.storage
-        queue = {"queued_tasks": storage.queue_size(), "leased_tasks": storage.lease_count(),
+        queue = {"name": config.huey.name, "path": str(config.huey.path),
+                 "queued_tasks": storage.queue_size(), "leased_tasks": storage.lease_count(),
                  "result_store": storage.result_store_size()}
     finally:
         huey.storage.close()
@@ -30,8 +31,14 @@ def collect(config):
         disk[dataset.name] = {"staged_files": len(files),
                               "staged_bytes": sum(p.stat().st_size for p in files if p.exists()),
                               "deadletter_rows": dl_rows}
-    return {"running": running, "checked_at": time.time(), "queue": queue, "disk": disk,
+    return {"running": running, "checked_at": checked_at(), "queue": queue, "disk": disk,
+            "configuration": config_report(config, refused, snapshot if running else None),
             "process": snapshot}
+
+
+def _n(value):
+    """A count with thousands separators; anything else as it is."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 def render(report):
@@ -45,28 +52,31 @@ def render(report):
     if proc:
         age = time.time() - proc.get("updated_at", 0)
         state += f" (instance {proc['instance']}, pid {proc['pid']}, snapshot {age:.0f}s old)"
-    console.print(f"stager: {state}")
-    console.print(f"huey queue: {q['queued_tasks']} queued, {q['leased_tasks']} leased (in a buffer), "
-                  f"{q['result_store']} in the result store")
+    console.print(f"stager: {state}, checked at {report['checked_at']}", highlight=False)
+    for line in config_report_lines(report["configuration"], "stager", report["running"]):
+        console.print(line, highlight=False, markup=False)
+    console.print(f"huey queue {q['name']!r} in {q['path']}: {_n(q['queued_tasks'])} queued, "
+                  f"{_n(q['leased_tasks'])} leased (in a buffer), {_n(q['result_store'])} in the result store",
+                  highlight=False)
     table = Table("task type", "tasks", "rows staged", "files", "buffer rows", "buffer age s",
                   "dead letter", "superseded", "waiting", "MiB")
     per_type = (proc or {}).get("task_types", {})
-    for name, disk in report["disk"].items():
-        t = per_type.get(name, {})
-        table.add_row(name, str(t.get("tasks", "-")), str(t.get("rows_staged", "-")),
-                      str(t.get("files_sealed", "-")), str(t.get("buffer_rows", "-")),
-                      str(t.get("buffer_age_seconds", "-")), str(disk["deadletter_rows"]),
-                      str(t.get("rows_superseded", "-")), str(disk["staged_files"]),
-                      f"{disk['staged_bytes'] / 2**20:.1f}")
+    for name in list(report["disk"]) + [t for t in per_type if t not in report["disk"]]:
+        t, disk = per_type.get(name, {}), report["disk"].get(name, {})
+        table.add_row(name, _n(t.get("tasks", "-")), _n(t.get("rows_staged", "-")),
+                      _n(t.get("files_sealed", "-")), _n(t.get("buffer_rows", "-")),
+                      _n(t.get("buffer_age_seconds", "-")), _n(disk.get("deadletter_rows", "-")),
+                      _n(t.get("rows_superseded", "-")), _n(disk.get("staged_files", "-")),
+                      f"{disk['staged_bytes'] / 2**20:.1f}" if disk else "-")
     console.print(table)
     if proc:
-        console.print(f"rows/s: {proc.get('rows_per_second', 0)}   errors: {proc.get('errors') or 'none'}   "
-                      f"sealing: {proc.get('sealing_error') or 'ok'}")
+        console.print(f"rows/s: {_n(proc.get('rows_per_second', 0))}   errors: {proc.get('errors') or 'none'}   "
+                      f"sealing: {proc.get('sealing_error') or 'ok'}", highlight=False)
         console.print("threads: " + ", ".join(f"{k}={v}" for k, v in sorted(proc.get("threads", {}).items())))
         reasons = {t: r for t, body in per_type.items() if (r := body.get("deadlettered_by_reason"))}
         for name, r in sorted(reasons.items()):
-            console.print(f"dead-lettered {name}: " + ", ".join(f"{k} {v}" for k, v in sorted(r.items())))
+            console.print(f"dead-lettered {name}: " + ", ".join(f"{k} {_n(v)}" for k, v in sorted(r.items())))
         for name, spec in sorted((proc.get("processors") or {}).items()):
             console.print(f"processor {name}: {spec}")
-        for line in config_lines(proc):
-            console.print(line)
+        for line in process_config_lines(proc, report["configuration"], report["running"]):
+            console.print(line, highlight=False, markup=False)

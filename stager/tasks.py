@@ -10,8 +10,11 @@ Producer code::
 
 ``stager.tasks.huey`` and ``stager.tasks.process_fetched_data`` are built on
 first use from the configuration (``$DUCKSTAGE_CONFIG`` or
-``config/duckstage.yaml`` in the working directory, else the defaults), so the
-producer and the stager agree on the queue. A producer that runs its own Huey
+``config/duckstage.yaml`` in the working directory, else the defaults, with a
+warning), so the producer and the stager agree on the queue: relative paths
+are relative to the configuration file, not to where the producer runs. A
+configuration that is refused raises ``stager.exceptions.ConfigError`` at that
+first use; the queue's location is logged at DEBUG (``duckstage.producer``). A producer that runs its own Huey
 consumer (``stager.run_huey_consumer: false``) starts it with
 ``huey_consumer stager.tasks.huey``.
 """
@@ -107,8 +110,27 @@ def __getattr__(name):
     global _default
     if name in ("huey", "process_fetched_data"):
         if _default is None:
-            from .config import load_config
-
-            _default = build_huey(load_config())
+            _default = build_huey(_producer_config())
         return _default[0] if name == "huey" else _default[1]
     raise AttributeError(name)
+
+
+def _producer_config():
+    """The configuration a producer enqueues with; says where the queue is. Raises ConfigError."""
+    import logging
+
+    from .config import load_config
+    from .exceptions import ConfigError
+
+    log = logging.getLogger("duckstage.producer")
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        # The message names the file, the keys and what was expected; the frames of
+        # the configuration loader would only bury it.
+        raise exc.with_traceback(None) from None
+    if config.note:
+        log.warning(config.note, extra={"event": "config_defaults"})
+    log.debug("process_fetched_data enqueues into Huey queue %r in %s (configuration %s)", config.huey.name,
+              config.huey.path, config.source, extra={"event": "queue", "file": str(config.huey.path)})
+    return config

@@ -38,7 +38,7 @@ def test_watchdog_wakes_the_loader_for_a_new_sealed_file(tmp_path):
 def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("loader:\n  max_retries: -1\n")
-    result = run_cli(bad, "status")
+    result = run_cli(bad, "run")  # status shows a refused file; run refuses it
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "loader.max_retries" in result.stderr
     good = write_config(tmp_path)

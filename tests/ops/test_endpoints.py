@@ -163,6 +163,6 @@ def test_a_taken_metrics_port_is_refused_in_one_line(tmp_path):
 
 def test_metrics_port_out_of_range_is_refused_at_start(tmp_path):
     path = write_config(tmp_path, loader={"metrics_port": 70000})
-    result = subprocess.run([sys.executable, "-m", "loader", "--config", str(path), "status"],
+    result = subprocess.run([sys.executable, "-m", "loader", "--config", str(path), "run"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "loader.metrics_port" in result.stderr

@@ -132,11 +132,14 @@ def test_a_processor_refuses_rows_with_an_error_column_and_may_filter(tmp_path, 
 
 
 def test_a_processor_that_does_not_import_is_refused_at_start_naming_the_key(tmp_path, rules):
-    for spec, why in (("duckstage_test_rules:nope", "has no nope"), ("no_such_module_xyz:f", "import failed"),
-                      ("just_a_name", "module:function")):
+    for spec, why in (("duckstage_test_rules:nope", "has no nope"), ("no_such_module_xyz:f", "import failed")):
+        config = configured(tmp_path, spec)  # the configuration itself is fine: the loader never imports it
         with pytest.raises(ConfigError) as refused:
-            configured(tmp_path, spec)
+            Stager(config)
         assert refused.value.key == "datasets.stock_daily.processor" and why in str(refused.value)
+    with pytest.raises(ConfigError) as refused:
+        configured(tmp_path, "just_a_name")  # not even of the form module:function
+    assert refused.value.key == "datasets.stock_daily.processor" and "module:function" in str(refused.value)
 
 
 def test_a_package_registers_a_processor_by_entry_point(tmp_path, rules, producer, monkeypatch):

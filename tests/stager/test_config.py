@@ -24,7 +24,9 @@ def test_defaults_follow_the_original_design(tmp_path):
 
 def test_shipped_config_file_equals_the_defaults(tmp_path):
     shipped = load_config(CONFIG_DIR / "duckstage.yaml", cwd=tmp_path)
-    defaults = from_mapping({}, config_dir=CONFIG_DIR, cwd=tmp_path)
+    # Its data_dir (../data) is the repository's data folder, wherever the process starts.
+    defaults = from_mapping({}, config_dir=CONFIG_DIR, cwd=CONFIG_DIR.parent)
+    assert shipped.data_dir == CONFIG_DIR.parent / "data"
     assert shipped.stager == defaults.stager and shipped.loader == defaults.loader
     assert shipped.huey == defaults.huey
 
@@ -63,11 +65,10 @@ def test_environment_variable_chooses_the_file(tmp_path):
     assert config.stager.batch.batch_size == 7 and config.source == str(path)
 
 
-@pytest.mark.parametrize("command", ["run", "status"])
-def test_cli_refuses_a_typo_in_one_line_without_traceback(tmp_path, command):
+def test_cli_refuses_a_typo_in_one_line_without_traceback(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("stager:\n  bach_size: 10\n")
-    out = subprocess.run([sys.executable, "-m", "stager", "--config", str(path), command],
+    out = subprocess.run([sys.executable, "-m", "stager", "--config", str(path), "run"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "stager.bach_size" in out.stderr and "unknown key" in out.stderr
@@ -78,7 +79,7 @@ def test_cli_refuses_a_typo_in_one_line_without_traceback(tmp_path, command):
 def test_cli_refuses_unreadable_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("stager: [unclosed\n")
-    out = subprocess.run([sys.executable, "-m", "stager", "--config", str(path), "status"],
+    out = subprocess.run([sys.executable, "-m", "stager", "--config", str(path), "run"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "valid YAML" in out.stderr and "Traceback" not in out.stderr
 
@@ -132,3 +133,67 @@ def test_cli_refuses_an_unusable_data_dir_in_one_line(tmp_path, command):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and str(blocker) in out.stderr
+
+
+def test_every_invalid_key_is_named_not_only_the_first(tmp_path):
+    raw = {"stager": {"batch_size": 0, "bach_timeout": 3, "task_types": {"income": {"batch_size": -5}}},
+           "loader": {"new_columns": "merge"}, "log_level": "LOUD"}
+    with pytest.raises(ConfigError) as err:
+        from_mapping(raw, source="x.yaml", config_dir=CONFIG_DIR, cwd=tmp_path)
+    assert set(err.value.keys) == {"stager.bach_timeout", "log_level", "stager.batch_size",
+                                   "loader.new_columns", "stager.task_types.income.batch_size"}
+    message = str(err.value)
+    assert message.startswith("x.yaml: ") and message.count("x.yaml") == 1 and "\n" not in message
+    assert "stager.batch_size: expected a positive number of rows, got 0" in message
+
+
+def test_every_invalid_key_of_the_datasets_file_is_named():
+    raw = _datasets(primary_key=["ts_code", "nope"], colums=[])
+    raw["datasets"]["income"]["columns"][1]["type"] = "MONEY"
+    raw["datasets"]["income"]["columns"][2]["nullable"] = "yes"
+    raw["datasets"]["cashflow"]["processor"] = "no colon here"
+    with pytest.raises(ConfigError) as err:
+        parse_datasets(raw, "datasets.yaml")
+    assert set(err.value.keys) == {"datasets.stock_daily.colums", "datasets.stock_daily.primary_key",
+                                   "datasets.income.columns[1].type", "datasets.income.columns[2].nullable",
+                                   "datasets.cashflow.processor"}
+
+
+def test_relative_paths_are_relative_to_the_configuration_file(tmp_path):
+    folder = tmp_path / "etc" / "duckstage"
+    folder.mkdir(parents=True)
+    (folder / "datasets.yaml").write_text((CONFIG_DIR / "datasets.yaml").read_text())
+    (folder / "duckstage.yaml").write_text("data_dir: ../../var/data\nloader:\n  database: wh/warehouse.duckdb\n")
+    for cwd in (tmp_path, folder, tmp_path / "etc"):
+        config = load_config(folder / "duckstage.yaml", cwd=cwd)
+        assert config.data_dir == tmp_path / "var" / "data"
+        assert config.huey.path == tmp_path / "var" / "data" / "huey.db"
+        assert config.loader.database == tmp_path / "var" / "data" / "wh" / "warehouse.duckdb"
+    # The same file named relative to the working directory, or through the environment.
+    assert load_config("etc/duckstage/duckstage.yaml", cwd=tmp_path).data_dir == tmp_path / "var" / "data"
+    config = load_config(environ={"DUCKSTAGE_CONFIG": str(folder / "duckstage.yaml")}, cwd=tmp_path / "etc")
+    assert config.data_dir == tmp_path / "var" / "data" and config.source == str(folder / "duckstage.yaml")
+
+
+def test_without_a_file_paths_are_relative_to_the_working_directory(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "datasets.yaml").write_text((CONFIG_DIR / "datasets.yaml").read_text())
+    config = load_config(environ={}, cwd=tmp_path)
+    assert config.source == "<defaults>" and config.data_dir == tmp_path / "data"
+    assert str(tmp_path / "config" / "duckstage.yaml") in config.note and "defaults" in config.note
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={}, cwd=tmp_path / "config")  # no datasets file there either
+    assert "no configuration file" in str(err.value) and err.value.key == "datasets"
+
+
+def test_inspect_config_keeps_the_valid_keys_and_names_the_invalid_ones(tmp_path):
+    from stager.config import inspect_config
+
+    path = write_config(tmp_path, stager={"batch_size": "lots", "batch_timeout": 7}, loader={"retry_delay": -1})
+    config, refused = inspect_config(path)
+    assert config.data_dir == tmp_path / "data"  # valid: kept, so status finds the running process
+    assert config.stager.batch.batch_timeout == 7 and config.stager.batch.batch_size == 1000
+    assert refused.keys == ["stager.batch_size", "loader.retry_delay"]
+    path.write_text("stager: [unclosed\n")
+    config, refused = inspect_config(path)
+    assert refused.key == "(file)" and "valid YAML" in str(refused)
