@@ -17,6 +17,9 @@ STATES = ("idle", "loading", "retrying", "stopped")
 # Quarantine reasons, from the start of the error a file was refused with.
 _REASONS = (
     ("unreadable Parquet", "unreadable"),
+    ("is a symbolic link to", "not_regular"),
+    ("is not a regular file", "not_regular"),
+    ("a name reserved by the loader", "reserved_column"),
     ("is not a sealed staged file name", "wrong_file"),
     ("file name says task type", "wrong_file"),
     ("footer says task type", "wrong_file"),
@@ -98,6 +101,9 @@ def families(st):
     for task_type, n in sorted((st.get("unknown_task_types") or {}).items()):
         unknown.add_metric([task_type], n)
     yield unknown
+    yield GaugeMetricFamily("duckstage_loader_not_staged_files",
+                            "Entries in staging/ that are not staged files: never loaded, not quarantined",
+                            value=(st.get("not_staged") or {}).get("files", 0))
 
     last = GaugeMetricFamily("duckstage_loader_last_load_timestamp_seconds",
                              "When a load of this task type last committed (unix time)", labels=TT)

@@ -35,7 +35,7 @@ from stager.datasets import FETCHED_AT
 from stager.ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
 
 from . import filing
-from .discovery import Watcher, scan, unknown_folders
+from .discovery import Watcher, not_staged, scan, unknown_folders
 from .exceptions import DatabaseBusy
 from .load import Outcome, load_files
 from .warehouse import Warehouse
@@ -255,6 +255,7 @@ class Loader:
             "database_open": self.warehouse.is_open,
             "pending_files": dict(self._pending),
             "unknown_task_types": unknown_folders(self.config.staging_dir, self.config.datasets.names),
+            "not_staged": not_staged(self.config.staging_dir, self.config.datasets.names),
             "last_load": self.last_load,
             "rows_per_second": self.rate,
             "since_start": {"files_loaded": len(t.loaded), "files_skipped": len(t.skipped),

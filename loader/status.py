@@ -10,23 +10,14 @@ import os
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stager import staging
 from stager.command import checked_at, config_report, config_report_lines, process_config_lines
 from stager.ops import pid_alive, read_snapshot
 
 from . import filing
-from .discovery import scan, unknown_folders
+from .discovery import not_staged, scan, staged_rows, unknown_folders
 from .warehouse import MANIFEST, q
-
-
-def _rows(path):
-    try:
-        return pq.read_metadata(path).num_rows
-    except (OSError, pa.ArrowException):  # unreadable: the loader will quarantine it
-        return 0
 
 
 def _manifest(database):
@@ -58,7 +49,7 @@ def collect(config, snapshot_name="loader.json", refused=None):
     pending = {}
     for task_type, paths in scan(config.staging_dir, config.datasets.names).items():
         if paths:
-            pending[task_type] = {"files": len(paths), "rows": sum(_rows(p) for p in paths)}
+            pending[task_type] = {"files": len(paths), "rows": sum(staged_rows(p) for p in paths)}
     temporary = sum(1 for _r, _d, files in os.walk(config.staging_dir) for n in files if staging.is_temporary(n))
     manifest, busy = (None, "held by the running loader") if running and snap.get("database_open") \
         else _manifest(config.loader.database)
@@ -79,6 +70,7 @@ def collect(config, snapshot_name="loader.json", refused=None):
         "pending": pending,
         "temporary_files": temporary,
         "unknown_task_types": unknown_folders(config.staging_dir, config.datasets.names),
+        "not_staged": not_staged(config.staging_dir, config.datasets.names),
         "last_load": snap.get("last_load") if snap else None,
         "rows_per_second": snap.get("rows_per_second") if snap else None,
         "since_start": snap.get("since_start") if running else None,
@@ -128,6 +120,12 @@ def render(st):
         lines.append(f"{st['temporary_files']:,} temporary file(s) being written (never loaded)")
     for t, n in st["unknown_task_types"].items():
         lines.append(f"staging/{t}: {n:,} file(s) of a task type not in datasets.yaml (not loaded)")
+    ns = st["not_staged"]
+    for name in ns["names"]:
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+        lines.append(f"not a staged file: {shown} (never loaded; rename or remove it)")
+    if ns["files"] > len(ns["names"]):
+        lines.append(f"... and {ns['files'] - len(ns['names']):,} more not staged file(s)")
     for t, names in st["quarantined"].items():
         for name in names:
             lines.append(f"quarantined: {t}/{name} (see {name}.error.json)")

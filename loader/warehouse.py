@@ -13,6 +13,11 @@ loaded. Facts this module is written around (DuckDB 2.0.1, measured):
   file has.
 - Only one process may open the database; the Python library is newer than
   the ``duckdb`` CLI, so files are written with 1.5 storage compatibility.
+- A data column shadows DuckDB's pseudo-column ``rowid`` and the virtual
+  columns of ``read_parquet`` (``filename``, ``file_index``...), silently; and
+  ``read_parquet(file_row_number = true)`` refuses a file that has a column of
+  that name. So the MERGE never names a pseudo-column, its own columns carry a
+  prefix no data column may have, and files using a reserved name are refused.
 """
 
 import datetime as dt
@@ -27,7 +32,22 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "_duckstage_manifest"
 STORAGE_COMPATIBILITY = "v1.5.0"
-SOURCE = "__duckstage_src"
+
+# The MERGE's own names. No data column may start with the prefix.
+RESERVED_PREFIX = "__duckstage_"
+SOURCE = RESERVED_PREFIX + "src"      # the deduplicated source, a temporary table
+_FILE = RESERVED_PREFIX + "file"      # read_parquet's filename column
+_ORD = RESERVED_PREFIX + "ord"        # position of the file in the batch, from 1
+_ROW = RESERVED_PREFIX + "row"        # row number in its file, from 0
+_RANK = RESERVED_PREFIX + "rank"
+# Names read_parquet adds itself, whatever the file holds.
+RESERVED_COLUMNS = ("file_row_number",)
+
+
+def reserved(name):
+    """True if a data column may not be called ``name``: the MERGE would clash with it."""
+    return name.startswith(RESERVED_PREFIX) or name in RESERVED_COLUMNS
+
 
 # How a MERGE treats a key the table already holds.
 LOAD = "load"      # update when the incoming version is >= the stored one
@@ -196,20 +216,22 @@ class Warehouse:
         paths = [str(f.path) for f in files]
         keys = ", ".join(q(c) for c in pk)
         self.con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {SOURCE} AS SELECT {casts}, __ord, file_row_number AS __row FROM ("
-            f" SELECT *, list_position($paths, __file) AS __ord FROM read_parquet($paths,"
-            f" union_by_name = true, filename = '__file', file_row_number = true))",
+            f"CREATE OR REPLACE TEMP TABLE {SOURCE} AS SELECT {casts}, {_ORD}, file_row_number AS {_ROW} FROM ("
+            f" SELECT *, list_position($paths, {_FILE}) AS {_ORD} FROM read_parquet($paths,"
+            f" union_by_name = true, filename = '{_FILE}', file_row_number = true))",
             {"paths": paths})
         # One row per key: newest version first, then the later file, then the later row.
         # Done as a DELETE only when there are duplicates: a MERGE from a source that
         # went through a window ordered by these tie-breakers measured ~15x slower.
+        # (file, row) names a source row; rowid would be a data column of that name.
         duplicates = self.con.execute(
             f"SELECT count(*) - count(DISTINCT ({keys})) FROM {SOURCE}").fetchall()[0][0]
         if duplicates:
             self.con.execute(
-                f"DELETE FROM {SOURCE} WHERE rowid IN (SELECT rowid FROM (SELECT rowid, row_number() OVER"
-                f" (PARTITION BY {keys} ORDER BY {newest}__ord DESC, __row DESC) AS __rank FROM {SOURCE})"
-                f" WHERE __rank > 1)").fetchall()
+                f"DELETE FROM {SOURCE} AS s USING (SELECT {_ORD}, {_ROW} FROM (SELECT {_ORD}, {_ROW},"
+                f" row_number() OVER (PARTITION BY {keys} ORDER BY {newest}{_ORD} DESC, {_ROW} DESC) AS {_RANK}"
+                f" FROM {SOURCE}) WHERE {_RANK} > 1) AS d WHERE s.{_ORD} = d.{_ORD} AND s.{_ROW} = d.{_ROW}"
+            ).fetchall()
         on = " AND ".join(f"t.{q(c)} = s.{q(c)}" for c in pk)
         guard = {LOAD: _newer_or_equal, RELOAD: _newer, FORCE: None}[mode]
         cond = guard(version) if guard and version else "true"
@@ -218,7 +240,7 @@ class Warehouse:
         # MERGE ~9x slower and its commit ~8x slower on a 2M-row table.
         first = q(pk[0])
         counts = self.con.execute(
-            f"SELECT s.__ord, count(*) FILTER (WHERE t.{first} IS NULL),"
+            f"SELECT s.{_ORD}, count(*) FILTER (WHERE t.{first} IS NULL),"
             f" count(*) FILTER (WHERE t.{first} IS NOT NULL AND {cond if values else 'false'}), count(*)"
             f" FROM {SOURCE} s LEFT JOIN {q(table)} t ON ({on}) GROUP BY 1").fetchall()
         matched = ""

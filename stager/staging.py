@@ -29,8 +29,11 @@ TMP_SUFFIX = ".tmp"
 FOOTER_PREFIX = "duckstage."
 FORMAT_VERSION = "1"
 _TS_FORMAT = "%Y%m%dT%H%M%S%fZ"
+# Matched against the whole name (fullmatch: ``$`` would accept a final newline), ASCII
+# digits only (``\d`` alone takes any script's digits).
 _NAME_RE = re.compile(
-    r"^(?P<task_type>[a-z][a-z0-9_]*)-(?P<stamp>\d{8}T\d{12}Z)-(?P<instance>[a-z0-9]+)-(?P<seq>\d{6,})\.parquet$"
+    r"(?P<task_type>[a-z][a-z0-9_]*)-(?P<stamp>\d{8}T\d{12}Z)-(?P<instance>[a-z0-9]+)-(?P<seq>\d{6,})\.parquet",
+    re.ASCII,
 )
 
 
@@ -46,7 +49,7 @@ class StagedFile:
     @classmethod
     def parse(cls, name):
         """Return a StagedFile for a sealed file name, or None for anything else."""
-        m = _NAME_RE.match(Path(name).name)
+        m = _NAME_RE.fullmatch(Path(name).name)
         if not m:
             return None
         return cls(m["stamp"], m["instance"], int(m["seq"]), m["task_type"])
