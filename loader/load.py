@@ -5,9 +5,18 @@ in ONE transaction: create the table if missing, add new columns, MERGE, one
 manifest row per file, commit. Only then do the files move (archive). A batch
 the table refuses is split into single files, so one bad file is quarantined
 and the others load.
+
+A file whose content the manifest already holds under another name (a copy
+dropped in twice) is archived without a merge and counted as a duplicate: its
+rows would only be counted twice. The check runs inside the transaction, so a
+first copy that was refused does not make the second one a duplicate.
 """
 
+import datetime as dt
+import glob
 import logging
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +41,8 @@ class Outcome:
     loaded: list = field(default_factory=list)       # file names merged
     skipped: list = field(default_factory=list)      # already in the manifest: archived, not merged
     quarantined: list = field(default_factory=list)  # file names refused
+    duplicates: list = field(default_factory=list)   # content loaded under another name: archived, not merged
+    expired: list = field(default_factory=list)      # rebuild: listed, but removed by archive retention
     rows: int = 0          # rows read from the merged files
     inserted: int = 0
     updated: int = 0
@@ -39,7 +50,7 @@ class Outcome:
     stopped: bool = False  # a stop request left files for later
 
     def add(self, other):
-        for name in ("loaded", "skipped", "quarantined"):
+        for name in ("loaded", "skipped", "quarantined", "duplicates", "expired"):
             getattr(self, name).extend(getattr(other, name))
         for name in ("rows", "inserted", "updated", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -48,7 +59,7 @@ class Outcome:
 
     @property
     def files(self):
-        return len(self.loaded) + len(self.skipped) + len(self.quarantined)
+        return len(self.loaded) + len(self.skipped) + len(self.quarantined) + len(self.duplicates)
 
 
 def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
@@ -130,15 +141,20 @@ def _tolerant(settle):
 
 
 def batches(files, max_rows):
-    """Consecutive files with the same columns, up to ``max_rows`` rows (at least one file) each."""
-    batch, rows, cols = [], 0, None
+    """Consecutive files with the same columns, up to ``max_rows`` rows (at least one file) each.
+
+    Two files with the same content go to different batches, so the second is
+    judged against a manifest that holds the first (or does not, if it was refused).
+    """
+    batch, rows, cols, sums = [], 0, None, set()
     for f in files:
-        if batch and (rows + f.rows > max_rows or set(f.columns) != cols):
+        if batch and (rows + f.rows > max_rows or set(f.columns) != cols or f.checksum in sums):
             yield batch
-            batch, rows = [], 0
+            batch, rows, sums = [], 0, set()
         batch.append(f)
         rows += f.rows
         cols = set(f.columns)
+        sums.add(f.checksum)
     if batch:
         yield batch
 
@@ -166,15 +182,22 @@ def _load_batch(wh, dataset, batch, planned, mode, settle, refuse, progress):
     except BaseException:
         wh.rollback()
         raise
+    settled = set(out.loaded) | set(out.duplicates)
     for f in batch:
-        settle(f.path)
-        progress(1, f.rows)
+        if f.name in settled:
+            settle(f.path)
+            progress(1, f.rows if f.name in out.loaded else 0)
     return out
 
 
 def _merge(wh, dataset, batch, planned, mode, progress, raise_refused):
     started = time.monotonic()
     try:
+        batch, duplicates = _without_duplicates(wh, batch)
+        if not batch:
+            if progress:
+                progress(len(duplicates), 0)
+            return Outcome(duplicates=duplicates)
         current = wh.table_columns(dataset.name)
         if current is None:
             wh.create_table(dataset)
@@ -193,13 +216,30 @@ def _merge(wh, dataset, batch, planned, mode, progress, raise_refused):
                           "read the error; fix the table or the file, then `loader reload` it") from exc
     out = Outcome(loaded=[f.name for f in batch], rows=sum(f.rows for f in batch),
                   inserted=sum(merged.inserted.values()), updated=sum(merged.updated.values()),
-                  seconds=time.monotonic() - started)
+                  seconds=time.monotonic() - started, duplicates=duplicates)
     log.info("merged %d file(s) of %s: %d rows, %d inserted, %d updated in %.2fs", len(batch),
              dataset.name, out.rows, out.inserted, out.updated, out.seconds)
     if progress:
         for f in batch:
             progress(1, f.rows)
+        progress(len(duplicates), 0)
     return out
+
+
+def _without_duplicates(wh, batch):
+    """The files of ``batch`` to merge, and the names of those whose content the manifest
+    holds under another name (a replay under the same name is not a duplicate)."""
+    known = wh.names_of([f.checksum for f in batch])
+    fresh, duplicates = [], []
+    for f in batch:
+        names = known.get(f.checksum, set())
+        if names and f.name not in names:
+            log.warning("%s has the same content as %s, loaded already: archived, not merged",
+                        f.name, min(names), extra={"event": "duplicate", "file": f.name})
+            duplicates.append(f.name)
+        else:
+            fresh.append(f)
+    return fresh, duplicates
 
 
 def _guard(fn, *args):

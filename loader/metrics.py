@@ -69,6 +69,9 @@ def families(st):
     yield per_task_type(CounterMetricFamily, "duckstage_loader_files_loaded", "Staged files merged", "files_loaded")
     yield per_task_type(CounterMetricFamily, "duckstage_loader_files_skipped",
                         "Staged files already in the manifest (merged before a crash), archived", "files_skipped")
+    yield per_task_type(CounterMetricFamily, "duckstage_loader_files_duplicate",
+                        "Staged files whose content was loaded under another name: archived, not merged",
+                        "files_duplicate")
     yield per_task_type(CounterMetricFamily, "duckstage_loader_rows", "Rows read from merged files", "rows")
     yield per_task_type(CounterMetricFamily, "duckstage_loader_rows_inserted", "Rows inserted by MERGE", "inserted")
     yield per_task_type(CounterMetricFamily, "duckstage_loader_rows_updated", "Rows updated by MERGE", "updated")

@@ -159,9 +159,9 @@ class Loader:
         """Fold one task type's load into the figures status and metrics show."""
         c = self.by_type.setdefault(task_type, Counter())
         c.update(files_loaded=len(out.loaded), files_skipped=len(out.skipped),
-                 files_quarantined=len(out.quarantined), rows=out.rows, inserted=out.inserted,
-                 updated=out.updated)
-        if out.loaded or out.skipped:
+                 files_quarantined=len(out.quarantined), files_duplicate=len(out.duplicates), rows=out.rows,
+                 inserted=out.inserted, updated=out.updated)
+        if out.loaded or out.skipped or out.duplicates:
             c["batches_ok"] += 1
         if out.quarantined:
             from .metrics import quarantine_reason
@@ -259,14 +259,14 @@ class Loader:
             "last_load": self.last_load,
             "rows_per_second": self.rate,
             "since_start": {"files_loaded": len(t.loaded), "files_skipped": len(t.skipped),
-                            "files_quarantined": len(t.quarantined), "rows": t.rows,
-                            "inserted": t.inserted, "updated": t.updated},
+                            "files_quarantined": len(t.quarantined), "files_duplicate": len(t.duplicates),
+                            "rows": t.rows, "inserted": t.inserted, "updated": t.updated},
             "manifest": self.manifest,
             "retry": dict(self._retry) if self._retry else None,
             "retries": self.retries,
             "task_types": {name: {**{k: c[k] for k in ("files_loaded", "files_skipped", "files_quarantined",
-                                                         "rows", "inserted", "updated", "batches_ok",
-                                                         "batches_failed")},
+                                                         "files_duplicate", "rows", "inserted", "updated",
+                                                         "batches_ok", "batches_failed")},
                                   "quarantined_by_reason": dict(self.quarantine_reasons.get(name, {})),
                                   "last_loaded_at": self.last_loaded_at.get(name),
                                   "last_lag_seconds": self.last_lag.get(name)}

@@ -178,6 +178,23 @@ class Warehouse:
             [list(names)]).fetchall()
         return dict(rows)
 
+    def names_of(self, checksums):
+        """Checksum -> the names the manifest holds each of ``checksums`` under."""
+        if not checksums:
+            return {}
+        rows = self.con.execute(
+            f"SELECT checksum, file FROM {MANIFEST} WHERE checksum IN (SELECT unnest(?::VARCHAR[]))",
+            [list(checksums)]).fetchall()
+        out = {}
+        for checksum, name in rows:
+            out.setdefault(checksum, set()).add(name)
+        return out
+
+    def files(self, task_type):
+        """Names of the files of a task type the manifest lists."""
+        return [name for (name,) in self.con.execute(
+            f"SELECT file FROM {MANIFEST} WHERE task_type = ? ORDER BY file", [task_type]).fetchall()]
+
     def record(self, task_type, files, merged, forced, now=None):
         loaded_at = (now or dt.datetime.now(dt.timezone.utc)).replace(tzinfo=None)
         rows = [(f.name, task_type, f.size, f.checksum, f.rows, merged.inserted.get(f.name, 0),

@@ -1,5 +1,5 @@
 """What the loader takes in from staging/: regular files with full-match names, sane footers,
-no column names that clash with its own.
+no column names that clash with its own, and one merge per content.
 
 Everything else is quarantined as itself or listed as "not a staged file";
 nothing outside data/ is read, moved or deleted.
@@ -245,3 +245,44 @@ def test_a_footer_length_that_cannot_be_right_is_a_clear_quarantine(config, stag
     assert files_in(config.quarantine_dir) == [path.name]
     error = _report(config, path.name)["error"]
     assert "unreadable Parquet file" in error and ("footer" in error or "magic" in error)
+
+
+# -- 12. the same content under a second name ------------------------------------------------
+
+
+def test_the_same_content_under_a_second_name_is_archived_not_merged_again(config, stage):
+    rows = [daily("000001.SZ", 2, 10.0), daily("600000.SH", 2, 8.0)]
+    first = stage("stock_daily", rows)
+    second = first.with_name(_sealed_name(50))  # in the same scan as the first
+    shutil.copy(first, second)
+
+    status = _load_once(config)
+
+    assert query(config, f"SELECT file, rows, inserted FROM {MANIFEST}") == [(first.name, 2, 2)]
+    assert files_in(config.archive_dir) == sorted([first.name, second.name])
+    assert files_in(config.staging_dir) == []
+    assert status["task_types"]["stock_daily"]["files_duplicate"] == 1
+    assert status["since_start"]["files_duplicate"] == 1
+    assert status["manifest"]["stock_daily"]["rows"] == 2
+
+    third = config.staging_dir / "stock_daily" / _sealed_name(60)  # a later step, the first committed
+    third.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(next(config.archive_dir.rglob(first.name)), third)
+    status = _load_once(config)
+    assert status["task_types"]["stock_daily"]["files_duplicate"] == 1
+    assert query(config, f"SELECT count(*), sum(rows) FROM {MANIFEST}") == [(1, 2)]
+    assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 10.0), ("600000.SH", 8.0)]
+    assert len(files_in(config.archive_dir)) == 3
+
+
+def test_a_duplicate_of_a_refused_file_is_refused_too_not_skipped(config, stage):
+    """The first copy never committed, so the second is judged on its own (and refused the same way)."""
+    schema = config.datasets["stock_daily"].arrow_schema
+    loose = pa.schema([f.with_nullable(True) for f in schema])
+    bad = stage("stock_daily", table=pa.Table.from_pylist([{**daily("000002.SZ", 2, 10.0), "vol": None}],
+                                                          schema=loose))
+    copy = bad.with_name(_sealed_name(50))
+    shutil.copy(bad, copy)
+    _load_once(config)
+    assert files_in(config.quarantine_dir) == sorted([bad.name, copy.name])
+    assert files_in(config.archive_dir) == []
