@@ -105,9 +105,13 @@ def _open(config, stop):
 def _summary(out):
     click.echo(f"{len(out.loaded)} file(s) merged ({out.rows:,} rows: {out.inserted:,} inserted,"
                f" {out.updated:,} updated), {len(out.skipped)} already loaded,"
-               f" {len(out.quarantined)} quarantined")
+               f" {len(out.quarantined)} quarantined"
+               + (f", {len(out.duplicates)} duplicate(s) of loaded files (not merged)" if out.duplicates else ""))
     for name in out.quarantined:
         say(f"quarantined: {name}")
+    if out.expired:
+        say(f"{len(out.expired)} file(s) in the manifest were removed by archive retention:"
+            " their rows are not in the rebuilt table")
 
 
 @main.command()

@@ -31,6 +31,28 @@ def _move(src, folder):
     return dest
 
 
+def copy_in(src, dest):
+    """Copy ``src`` (a link is followed) to ``dest`` atomically: temporary name, fsync, rename.
+
+    For files that are not ours to move (outside data/, or what a link points to).
+    """
+    from .discovery import open_regular
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name("." + dest.name + ".tmp")
+    try:
+        with open_regular(src, follow=True) as f, open(tmp, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+    return dest
+
+
 def archive_path(archive_dir, path):
     staged = StagedFile.parse(Path(path).name)
     return Path(archive_dir) / staged.task_type / staged.day / Path(path).name

@@ -27,9 +27,9 @@ from stager.backoff import Backoff
 from stager.staging import StagedFile
 
 from . import filing
-from .discovery import inspect
+from .discovery import checksum, inspect, kind, open_regular
 from .exceptions import DatabaseBusy, FileRefused, LoaderError
-from .warehouse import FORCE, LOAD, check_columns, is_busy
+from .warehouse import FORCE, LOAD, MANIFEST, check_columns, is_busy
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
 
     ``settle(path)`` runs after the commit that loaded a file (archive it).
     With ``transaction=False`` the caller holds one transaction around
-    everything (rebuild) and a refused MERGE raises instead of splitting.
+    everything (rebuild): nothing is moved, and a file that cannot be merged
+    raises FileRefused naming it, instead of going to quarantine.
     Raises DatabaseBusy when the database itself fails: nothing is moved then.
     """
     out = Outcome()
@@ -76,6 +77,8 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
     progress = progress or (lambda files, rows: None)
 
     def refuse(path, refused):
+        if not transaction:
+            raise FileRefused(f"{Path(path).name!r}: {refused.error}", refused.action)
         filing.quarantine(config.quarantine_dir, dataset.name, path, refused)
         out.quarantined.append(Path(path).name)
         progress(1, 0)
@@ -87,6 +90,9 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
         except FileRefused as refused:
             refuse(path, refused)
         except FileNotFoundError:
+            if not transaction:
+                raise FileRefused(f"{Path(path).name!r} vanished while it was being replayed",
+                                  "find out what removed it, restore it and run the rebuild again") from None
             continue  # moved by a concurrent reload since the scan
     files.sort(key=lambda f: f.staged)
 
@@ -271,55 +277,169 @@ def wait_open(wh, loader_config, stop=None, on_wait=None):
 
 
 def resolve_paths(config, patterns):
-    """Files named by ``patterns`` (paths or globs), grouped by task type, in seal order."""
-    import glob
+    """Files named by ``patterns`` (paths or globs), grouped by task type, in seal order.
 
+    Paths are taken as named, never resolved: a symbolic link stays a link, so
+    that nothing it points to is moved (``reload`` copies its target in).
+    """
     found = {}
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) or ([pattern] if Path(pattern).exists() else [])
+        matches = sorted(glob.glob(pattern)) or ([pattern] if os.path.lexists(pattern) else [])
         if not matches:
             raise LoaderError(f"{pattern}: no such file")
         for m in matches:
-            staged = StagedFile.parse(Path(m).name)
-            if staged is None or not Path(m).is_file():
-                raise LoaderError(f"{m}: not a staged file (<task_type>-<stamp>-<instance>-<seq>.parquet)")
+            path = Path(os.path.abspath(m))
+            staged = StagedFile.parse(path.name)
+            if staged is None:
+                raise LoaderError(f"{m!r}: not a staged file (<task_type>-<stamp>-<instance>-<seq>.parquet)")
+            problem = _not_regular(path)
+            if problem:
+                raise LoaderError(f"{m}: not a regular file ({problem})")
             if staged.task_type not in config.datasets:
                 raise LoaderError(f"{m}: task type {staged.task_type!r} is not in {config.datasets.source}")
-            found.setdefault(staged.task_type, {})[Path(m).resolve()] = staged
+            found.setdefault(staged.task_type, {})[path] = staged
     return {t: [p for p, _ in sorted(files.items(), key=lambda kv: kv[1])] for t, files in found.items()}
 
 
-def settle_reloaded(config):
-    """After a reload: staged or quarantined files go to the archive; archived ones stay."""
-    moving = [config.staging_dir.resolve(), config.quarantine_dir.resolve()]
+def _not_regular(path):
+    """Why what ``path`` points to is not a regular file to read, or None if it is one."""
+    try:
+        mode = os.stat(path).st_mode
+        why = kind(mode)
+    except OSError as exc:
+        mode, why = None, exc.strerror.lower()
+    if mode is not None and stat.S_ISREG(mode):
+        return None
+    return f"a symbolic link to {os.readlink(path)}: {why}" if path.is_symlink() else why
+
+
+def _within(path, *folders):
+    """True if ``path`` (its folder resolved, not the path itself) is inside one of ``folders``."""
+    real = Path(os.path.realpath(path.parent)) / path.name
+    return any(real.is_relative_to(os.path.realpath(folder)) for folder in folders)
+
+
+def take_in(config, path):
+    """The path to reload ``path`` from, copying it into the archive when it is not ours to move.
+
+    A regular file in staging/, quarantine/ or archive/ is reloaded where it
+    is. Anything else (a file outside data/, or a symbolic link anywhere) is
+    copied to where the archive keeps that name, and reloaded from there: the
+    original is never moved, renamed or deleted, and a rebuild can replay the
+    copy. An archived link at that place is replaced by the copy.
+    """
+    if not path.is_symlink() and _within(path, config.staging_dir, config.quarantine_dir, config.archive_dir):
+        return path
+    dest = filing.archive_path(config.archive_dir, path)
+    try:
+        if os.path.lexists(dest) and not dest.is_symlink():
+            with open_regular(dest) as ours, open_regular(path, follow=True) as theirs:
+                if checksum(ours) == checksum(theirs):
+                    return dest
+            raise LoaderError(f"{path}: a different file of that name is archived at {dest}; rename one"
+                              " of them (<task_type>-<stamp>-<instance>-<seq>.parquet) to keep both")
+        filing.copy_in(path, dest)
+    except (OSError, FileRefused) as exc:
+        raise LoaderError(f"{path}: cannot copy it into {dest.parent}: {exc}") from None
+    log.info("copied %s into %s to reload it", path, dest)
+    return dest
+
+
+def settle_reloaded(config, origins=None):
+    """After a reload: staged or quarantined files go to the archive; archived ones stay.
+
+    ``origins`` maps a copy made by ``take_in`` to the path the person named:
+    once the copy is loaded, a link in staging/ or quarantine/ it came from goes
+    (the link only; what it points to is left alone).
+    """
+    moving = (config.staging_dir, config.quarantine_dir)
+    origins = origins or {}
 
     def settle(path):
-        path = Path(path).resolve()
-        if any(path.is_relative_to(d) for d in moving):
-            if path.is_relative_to(moving[1]):
-                path.with_name(path.name + ".error.json").unlink(missing_ok=True)
+        path = Path(path)
+        origin = origins.get(path, path)
+        if origin != path:
+            if origin.is_symlink() and _within(origin, *moving):
+                _forget(config, origin)
+            return
+        if _within(path, *moving):
+            _forget_report(config, path)
             filing.archive(config.archive_dir, path)
 
     return settle
+
+
+def _forget_report(config, path):
+    if _within(path, config.quarantine_dir):
+        path.with_name(path.name + ".error.json").unlink(missing_ok=True)
+
+
+def _forget(config, link):
+    _forget_report(config, link)
+    link.unlink(missing_ok=True)
 
 
 def reload(wh, config, groups, force=False, progress=None, stop=None):
     """Re-apply files by hand: a replay never rolls a newer row back unless ``force``."""
     from .warehouse import RELOAD
 
+    taken = {t: {take_in(config, p): p for p in paths} for t, paths in groups.items()}
     out = Outcome()
-    for task_type, paths in groups.items():
-        out.add(load_files(wh, config.datasets[task_type], paths, config, mode=FORCE if force else RELOAD,
-                           settle=settle_reloaded(config), stop=stop, progress=progress))
+    for task_type, origins in taken.items():
+        out.add(load_files(wh, config.datasets[task_type], list(origins), config,
+                           mode=FORCE if force else RELOAD, settle=settle_reloaded(config, origins),
+                           stop=stop, progress=progress))
     return out
 
 
+def archived(archive_dir, task_type):
+    """Every entry in ``archive/<task_type>/<day>/`` by name, whatever its name or type."""
+    found = {}
+    try:
+        days = sorted(os.scandir(Path(archive_dir) / task_type), key=lambda e: e.name)
+    except FileNotFoundError:
+        return found
+    for day in days:
+        if day.is_dir(follow_symlinks=False):
+            for name in sorted(os.listdir(day.path)):
+                found.setdefault(name, Path(day.path) / name)
+    return found
+
+
+def _expired(name, retention_days, now=None):
+    """True if archive retention has removed the day folder of the file ``name``."""
+    staged = StagedFile.parse(name)
+    if not retention_days or staged is None:
+        return False
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return staged.day < (now - dt.timedelta(days=retention_days)).strftime("%Y-%m-%d")
+
+
 def rebuild(wh, config, task_types, progress=None, stop=None):
-    """Replay the archive into fresh tables, one transaction per task type."""
+    """Replay the archive into fresh tables, one transaction per task type.
+
+    Every file the manifest lists is replayed, or none is: a listed file that
+    is missing from the archive (unless archive retention removed it: counted
+    in ``expired``), unreadable, or refused stops the task type's rebuild with
+    LoaderError naming it, and its old table and manifest stay. Archived files
+    the manifest does not list (copies taken in, duplicates) are replayed too.
+    """
     out = Outcome()
     for task_type in task_types:
         dataset = config.datasets[task_type]
-        paths = filing.archived_files(config.archive_dir, task_type)
+        found = archived(config.archive_dir, task_type)
+        listed = _guard(wh.files, task_type)
+        gone = [n for n in listed if n not in found]
+        expired = [n for n in gone if _expired(n, config.loader.archive_retention_days)]
+        missing = [n for n in gone if n not in expired]
+        if missing:
+            shown = ", ".join(repr(n) for n in missing[:3]) + (" ..." if len(missing) > 3 else "")
+            raise LoaderError(
+                f"rebuild of {task_type} not started, the old table is kept: {len(missing)} file(s) the manifest"
+                f" lists are not in {Path(config.archive_dir) / task_type}: {shown}; restore them (or delete"
+                f" their rows from {MANIFEST} to accept losing their rows) and run it again")
+        wanted = set(listed)
+        paths = [p for n, p in found.items() if n in wanted or StagedFile.parse(n)]
         wh.begin()
         try:
             wh.drop_task_type(task_type)
@@ -330,9 +450,14 @@ def rebuild(wh, config, task_types, progress=None, stop=None):
             wh.commit()
         except FileRefused as refused:
             wh.rollback()
-            raise LoaderError(f"rebuild of {task_type} rolled back, the old table is kept: {refused.error}") from None
+            raise LoaderError(f"rebuild of {task_type} rolled back, the old table is kept: {refused.error}"
+                              f" ({refused.action})") from None
         except BaseException:
             wh.rollback()
             raise
+        if expired:
+            log.warning("rebuild of %s: %d file(s) the manifest listed were removed by archive retention"
+                        " and are not in the rebuilt table", task_type, len(expired))
+        result.expired = expired
         out.add(result)
     return out
