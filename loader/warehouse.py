@@ -45,7 +45,11 @@ RESERVED_COLUMNS = ("file_row_number",)
 
 
 def reserved(name):
-    """True if a data column may not be called ``name``: the MERGE would clash with it."""
+    """True if a data column may not be called ``name``: the MERGE would clash with it.
+
+    DuckDB matches identifiers without regard to case, even quoted ones.
+    """
+    name = name.lower()
     return name.startswith(RESERVED_PREFIX) or name in RESERVED_COLUMNS
 
 

@@ -75,7 +75,7 @@ def test_a_data_column_named_like_an_internal_or_pseudo_column_loads_every_row(c
     assert query(config, f"SELECT file, rows, inserted, updated FROM {MANIFEST}") == [(path.name, 120, 60, 0)]
 
 
-@pytest.mark.parametrize("name", ["file_row_number", "__duckstage_ord"])
+@pytest.mark.parametrize("name", ["file_row_number", "File_Row_Number", "__duckstage_ord", "__DuckStage_x"])
 def test_a_column_with_a_reserved_name_is_quarantined_with_that_reason(config, stage, name):
     good = stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
     path = stage("stock_daily", table=_twice_each(config, name))
