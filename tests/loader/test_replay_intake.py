@@ -86,7 +86,7 @@ def test_rebuild_cli_exits_non_zero_and_keeps_the_table(tmp_path):
     archived[0].unlink()
     before = _state(config)
     done = run_cli(config_path, "rebuild")
-    assert done.returncode != 0, done.stdout
+    assert done.returncode == 2, done.stdout  # refused with its reason, the way the CLI refuses a request
     assert archived[0].name in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert _state(config) == before
