@@ -3,17 +3,23 @@
 ``data/deadletter/<task_type>/<task_type>-<yyyymmdd>-<instance>.jsonl``, one
 JSON object per line: the row as the producer sent it, the reason, the task id,
 the task type, the request parameters and when it was refused. Lines are
-fsynced before the task is acknowledged, so a refused row is never lost.
+fsynced before the task is acknowledged, so a refused row is never lost. A
+write that fails (disk full) is taken back whole and raised as ResourceError:
+the task is not acknowledged and is written again later, once.
 Rows of an unknown task type go to the folder ``_unknown_task_type``.
 """
 
 import base64
 import datetime as dt
+import errno
 import json
 import math
 import os
 import threading
 from pathlib import Path
+
+from .exceptions import ResourceError
+from .staging import fsync_dir
 
 UNKNOWN = "_unknown_task_type"
 
@@ -60,13 +66,43 @@ class DeadLetter:
             }
             lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))
         path = self.path_for(folder, now)
+        data = ("\n".join(lines) + "\n").encode("utf-8")
         with self._lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
-                f.write("\n".join(lines) + "\n")
-                f.flush()
-                self.fsync(f.fileno())
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._append(path, data)
+            except OSError as exc:
+                raise ResourceError(f"cannot write the dead letter {path.name}: "
+                                    f"{errno.errorcode.get(exc.errno, '')} {exc}") from exc
         return len(lines)
+
+    def _append(self, path, data):
+        """Append ``data`` and fsync it, or leave the file as it was.
+
+        Unbuffered on purpose: a buffered file that failed to flush would try
+        again when closed, after the take-back below.
+        """
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            end = os.lseek(fd, 0, os.SEEK_END)
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                # A line cut short by a crash: end it, so these records start lines of their own.
+                data = b"\n" + data
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                self.fsync(fd)
+                if not end:
+                    fsync_dir(path.parent, self.fsync)  # a new file's name must survive a power loss too
+            except OSError:
+                # Take back whatever part of the write reached the file: the task is
+                # not acknowledged and writes these rows again, so a line left here
+                # would be a second copy of them.
+                os.ftruncate(fd, end)
+                raise
+        finally:
+            os.close(fd)
 
 
 def read_records(folder):
