@@ -5,6 +5,8 @@ import threading
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .clean import concat_staged
+
 
 class Buffer:
     """Cleaned rows of one task type waiting to be sealed, with the tasks they came from.
@@ -42,21 +44,26 @@ class Buffer:
         """Why this buffer should be sealed now ('rows', 'bytes', 'age'), or None."""
         if not self.rows:
             return None
-        if self.rows >= settings.batch_size:
+        return self.full(settings) or ("age" if now - self.opened_at >= settings.batch_timeout else None)
+
+    def full(self, settings):
+        """'rows' or 'bytes' when this buffer holds a file's worth, else None."""
+        if self.rows and self.rows >= settings.batch_size:
             return "rows"
-        if self.nbytes >= settings.batch_bytes:
+        if self.rows and self.nbytes >= settings.batch_bytes:
             return "bytes"
-        if now - self.opened_at >= settings.batch_timeout:
-            return "age"
         return None
 
     def age(self, now):
         return 0.0 if self.opened_at is None else now - self.opened_at
 
     def take(self):
-        """Hand over the contents and empty the buffer: (table, tokens, task_ids)."""
+        """Hand over the contents and empty the buffer: (table, tokens, task_ids).
+
+        Tasks may differ in their undeclared columns: concat_staged unifies them.
+        """
         with self.lock:
-            table = pa.concat_tables(self.tables) if self.tables else None
+            table = concat_staged(self.tables) if self.tables else None
             out = table, self.tokens, self.task_ids
             self._reset()
             return out

@@ -4,22 +4,32 @@ The fast path is columnar (pyarrow.compute): a well-formed batch never touches
 a Python loop per value. Only a column that fails to convert as a whole is
 converted value by value, to find the rows to dead-letter and say why.
 
-Cleaning rules (docs/design.md; the Tushare facts behind them: docs/tushare.md):
+Cleaning rules (docs/design.md; the Tushare facts behind them: docs/tushare.md;
+undeclared columns: docs/new-columns.md):
 - ``YYYYMMDD`` (or ``YYYY-MM-DD``) strings become DATE; an empty string is NULL;
 - numeric strings become numbers; NaN and +-inf become NULL;
-- undeclared columns are dropped (counted, and logged once by the caller);
 - a row with a missing required value, a value that is not of its column's
-  type, or a value that fails the column's pattern is refused with a reason.
+  type, or a value that fails the column's pattern is refused with a reason;
+- an undeclared column is kept, after the declared and system columns, so
+  that the loader's ``new_columns`` policy decides whether it reaches the
+  warehouse (Tushare adds fields over time). Its type is the one Arrow infers,
+  widened to a type ``datasets.yaml`` can declare (integers BIGINT, floats
+  DOUBLE, ...), or text when its values disagree; a column with no value at
+  all is left out. A name the warehouse could not hold as a column of its own
+  (see ``datasets.undeclared_name_problem``) refuses the rows that have a
+  value in it, with the reason: a renamed column would surprise, a dropped
+  one would lose data.
 """
 
 import datetime as dt
+import json
 import math
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .datasets import ANCHOR_DATE, FETCHED_AT, TASK_ID
+from .datasets import ANCHOR_DATE, FETCHED_AT, TASK_ID, undeclared_name_problem
 
 
 @dataclass
@@ -32,11 +42,18 @@ class Part:
     params: dict = field(default_factory=dict)
 
 
+# What kind of problem refused a row (a dead-letter metric label).
+MISSING_VALUE = "missing_value"
+PATTERN = "pattern"
+INVALID_VALUE = "invalid_value"
+COLUMN_NAME = "column_name"
+
+
 @dataclass
 class Cleaned:
-    table: pa.Table  # good rows of every part, in the staged schema
-    bad: list = field(default_factory=list)  # [(part index, original row dict, reason)]
-    dropped_columns: list = field(default_factory=list)
+    table: pa.Table  # good rows of every part, in the staged schema (declared, system, then undeclared columns)
+    bad: list = field(default_factory=list)  # [(part index, original row dict, reason, kind)]
+    new_columns: list = field(default_factory=list)  # undeclared columns kept in ``table``
     counts: list = field(default_factory=list)  # good rows per part; the table holds them in part order
 
 
@@ -62,32 +79,30 @@ def clean_many(dataset, parts):
             if combined is not None:
                 return _clean(dataset, combined, parts)
         results = [clean_many(dataset, [p]) for p in parts]
-        bad = [(i, row, reason) for i, r in enumerate(results) for _, row, reason in r.bad]
-        dropped = sorted({c for r in results for c in r.dropped_columns})
+        bad = [(i, *refused[1:]) for i, r in enumerate(results) for refused in r.bad]
+        new = list(dict.fromkeys(c for r in results for c in r.new_columns))
         counts = [c for r in results for c in r.counts]
-        return Cleaned(pa.concat_tables([r.table for r in results]), bad, dropped, counts)
+        return Cleaned(concat_staged([r.table for r in results]), bad, new, counts)
     return _clean(dataset, tables[0] if parts else [], parts)
 
 
 def _clean(dataset, data, parts):
     if isinstance(data, pa.Table):
         n = data.num_rows
-        present = set(data.column_names)
+        names = [str(c) for c in data.column_names]
 
         def column(name):
-            return data.column(name).combine_chunks() if name in present else None
+            return data.column(name).combine_chunks() if name in names else None
 
         def original(i):
             return data.slice(i, 1).to_pylist()[0]
     else:
         rows = list(data or [])
         n = len(rows)
-        present = set()
-        for r in rows:
-            present.update(r)
+        names = list(dict.fromkeys(str(k) for r in rows for k in r))
 
         def column(name):
-            return [r.get(name) for r in rows] if name in present else None
+            return [r.get(name) for r in rows] if name in names else None
 
         def original(i):
             return rows[i]
@@ -98,8 +113,7 @@ def _clean(dataset, data, parts):
         part_of_row += [i] * count
 
     declared = [c.name for c in dataset.columns]
-    dropped = sorted(str(c) for c in present - set(declared))
-    errors = {}  # row index -> [reasons]
+    errors = {}  # row index -> [(reason, kind)]
     arrays = []
     for col in dataset.columns:
         values = column(col.name)
@@ -108,18 +122,34 @@ def _clean(dataset, data, parts):
         else:
             arr, errs = convert(values, col.type, col.name)
         for i, reason in errs.items():
-            errors.setdefault(i, []).append(reason)
+            errors.setdefault(i, []).append((reason, INVALID_VALUE))
         if not col.nullable and arr.null_count:
             for i in _indices(pc.is_null(arr)):
                 if i not in errs:
-                    errors.setdefault(i, []).append(f"{col.name}: required value is missing (NULL, NaN, inf or empty)")
+                    errors.setdefault(i, []).append(
+                        (f"{col.name}: required value is missing (NULL, NaN, inf or empty)", MISSING_VALUE))
         if col.pattern and n:
             ok = pc.fill_null(pc.match_substring_regex(arr, col.pattern), True)
             if not pc.all(ok).as_py():
                 for i in _indices(pc.invert(ok)):
                     errors.setdefault(i, []).append(
-                        f"{col.name}: {arr[i].as_py()!r} does not match {col.pattern}")
+                        (f"{col.name}: {arr[i].as_py()!r} does not match {col.pattern}", PATTERN))
         arrays.append(arr)
+
+    extras = {}  # undeclared column -> array
+    undeclared = [c for c in names if c not in declared]
+    for name in undeclared:
+        arr = undeclared_array(column(name))
+        if arr is None:
+            continue  # not one value: nothing to keep, and no type to fix
+        problem = undeclared_name_problem(name, dataset, undeclared)
+        if problem is None:
+            extras[name] = arr
+            continue
+        reason = (f"{name}: column not declared in datasets.yaml that cannot be staged under this name "
+                  f"({problem}); rename it in the producer, or drop it")
+        for i in _indices(pc.is_valid(arr)):
+            errors.setdefault(i, []).append((reason, COLUMN_NAME))
 
     table = pa.Table.from_arrays(arrays, names=declared)
     bad = []
@@ -129,10 +159,12 @@ def _clean(dataset, data, parts):
         for i in sorted(errors):
             keep[i] = False
             counts[part_of_row[i]] -= 1
-            bad.append((part_of_row[i], original(i), "; ".join(errors[i])))
+            bad.append((part_of_row[i], original(i), "; ".join(r for r, _ in errors[i]), errors[i][0][1]))
         mask = pa.array(keep, pa.bool_())
         table = table.filter(mask)
         part_index = part_index.filter(mask)
+        extras = {name: arr.filter(mask) for name, arr in extras.items()}
+        extras = {name: arr for name, arr in extras.items() if arr.null_count < len(arr)}  # values all refused
 
     per_part = {
         TASK_ID: pa.array([p.task_id or "" for p in parts], pa.string()),
@@ -142,7 +174,10 @@ def _clean(dataset, data, parts):
         per_part[ANCHOR_DATE] = _anchors(dataset, table, part_index, parts)
     for name, values in per_part.items():
         table = table.append_column(name, values.take(part_index))
-    return Cleaned(table.cast(dataset.arrow_schema), bad, dropped, counts)
+    for name, arr in extras.items():
+        table = table.append_column(name, arr)
+    schema = pa.schema(list(dataset.arrow_schema) + [pa.field(name, arr.type) for name, arr in extras.items()])
+    return Cleaned(table.cast(schema), bad, list(extras), counts)
 
 
 def _anchors(dataset, table, part_index, parts):
@@ -161,6 +196,102 @@ def _anchors(dataset, table, part_index, parts):
 
 def _indices(mask):
     return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
+
+
+# --- undeclared columns ------------------------------------------------------
+
+def undeclared_array(values):
+    """An undeclared column as it is staged, or None when it holds no value.
+
+    The type Arrow infers, widened to one a ``datasets.yaml`` column can have
+    (so that declaring it later with that type changes nothing in the
+    warehouse); values that do not share a type, and types no column can
+    have (lists, structs, binary, times), become text.
+    """
+    if isinstance(values, list):
+        try:
+            values = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError,
+                OverflowError):
+            return pa.array([_as_text(v) for v in values], pa.string())
+    arr, t = values, values.type
+    if pa.types.is_dictionary(t):
+        arr, t = arr.dictionary_decode(), t.value_type
+    if pa.types.is_null(t) or arr.null_count == len(arr):
+        return None
+    try:
+        if pa.types.is_boolean(t) or t == pa.string():
+            return arr
+        if pa.types.is_integer(t):
+            return arr.cast(pa.int64())  # safe: a uint64 past BIGINT raises, and becomes text
+        if pa.types.is_floating(t) or pa.types.is_decimal(t):
+            out = arr.cast(pa.float64())
+            return pc.if_else(pc.is_finite(out), out, pa.scalar(None, pa.float64()))  # NaN, inf: NULL
+        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return arr.cast(pa.string())
+        if pa.types.is_date(t):
+            return arr.cast(pa.date32())
+        if pa.types.is_timestamp(t):
+            if t.tz is not None:
+                arr = arr.cast(pa.timestamp(t.unit, "UTC")).cast(pa.timestamp(t.unit))
+            return arr.cast(pa.timestamp("us"))  # safe: nanoseconds that would be cut off become text
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    return pa.array([_as_text(v) for v in arr.to_pylist()], pa.string())
+
+
+def _as_text(v):
+    """A value of an undeclared column whose values disagree, as text."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return None
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, ensure_ascii=False, default=str)
+    if isinstance(v, (dt.date, dt.datetime, dt.time)):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return v.hex()
+    text, error = _to_text(v)
+    return text if error is None else str(v)
+
+
+# Types an undeclared column can take in several tables, and the one they all fit in.
+_WIDER = [({pa.int64(), pa.float64()}, pa.float64()), ({pa.date32(), pa.timestamp("us")}, pa.timestamp("us"))]
+
+
+def _common_type(types):
+    distinct = set(types)
+    if len(distinct) == 1:
+        return types[0]
+    for group, wider in _WIDER:
+        if distinct <= group:
+            return wider
+    return pa.string()
+
+
+def concat_staged(tables):
+    """Concatenate cleaned tables of one task type whose undeclared columns may differ.
+
+    A column a table lacks is NULL in its rows; a column whose types disagree
+    takes the wider number or time (BIGINT and DOUBLE: DOUBLE), else text.
+    Declared and system columns are the same in every table and come first.
+    """
+    if len(tables) == 1:
+        return tables[0]
+    first = tables[0].schema
+    if all(t.schema.equals(first) for t in tables[1:]):
+        return pa.concat_tables(tables)
+    fields, types = {}, {}
+    for t in tables:
+        for f in t.schema:
+            fields.setdefault(f.name, f)
+            types.setdefault(f.name, []).append(f.type)
+    schema = pa.schema([fields[n].with_type(_common_type(types[n])) for n in fields])
+    same = []
+    for t in tables:
+        columns = [t.column(f.name).cast(f.type) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
+                   for f in schema]
+        same.append(pa.Table.from_arrays(columns, schema=schema))
+    return pa.concat_tables(same)
 
 
 # --- column conversion ----------------------------------------------------

@@ -32,6 +32,33 @@ ANCHOR_DATE = "_anchor_date"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 COLUMN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
+# Names no staged column may have, whatever their case (DuckDB's names ignore
+# case): DuckDB's row id of every table, and the columns read_parquet adds for
+# the file's name, index and row number. A data column of such a name shadows
+# or clashes with them in the loader's queries.
+RESERVED_COLUMNS = frozenset({"rowid", "filename", "file_index", "file_row_number"})
+
+
+def undeclared_name_problem(name, dataset, undeclared=()):
+    """Why a column ``dataset`` does not declare cannot be staged under ``name``, or None.
+
+    Staged, it becomes a warehouse column of that name (loader.new_columns:
+    add) and may be declared later, so it must be a name ``datasets.yaml``
+    accepts, not a reserved one, and not one that DuckDB would take for
+    another column of the same file (its names ignore case). ``undeclared``
+    are the other undeclared columns that came with it.
+    """
+    if name.startswith("_"):
+        return "names starting with _ are duckstage's own, like " + ", ".join(c.name for c in dataset.system_columns)
+    if not COLUMN_RE.match(name):
+        return "a column name is letters, digits and _, starting with a letter"
+    if name.lower() in RESERVED_COLUMNS:
+        return f"{name.lower()} is reserved: " + ", ".join(sorted(RESERVED_COLUMNS)) + " are DuckDB's"
+    for other in [c.name for c in dataset.all_columns] + [c for c in undeclared if c != name]:
+        if other.lower() == name.lower():
+            return f"DuckDB would take it for the column {other}: column names ignore case"
+    return None
+
 
 @dataclass(frozen=True)
 class Column:
@@ -233,9 +260,11 @@ def _parse_column(at, col, seen, fail):
     cname = col.get("name")
     if not isinstance(cname, str) or not COLUMN_RE.match(cname):
         fail(f"{at}.name", "a column name of letters, digits and _ not starting with _", cname)
-    if cname in seen:
-        fail(f"{at}.name", "a name not used by another column", cname)
-    seen.add(cname)
+    if cname.lower() in seen:
+        fail(f"{at}.name", "a name not used by another column (DuckDB's names ignore case)", cname)
+    if cname.lower() in RESERVED_COLUMNS:
+        fail(f"{at}.name", "a name other than " + ", ".join(sorted(RESERVED_COLUMNS)) + " (DuckDB's)", cname)
+    seen.add(cname.lower())
     ctype = col.get("type")
     if not isinstance(ctype, str) or ctype.upper() not in TYPES:
         fail(f"{at}.type", "one of " + ", ".join(TYPES), ctype)

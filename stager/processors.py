@@ -12,8 +12,9 @@ group ``duckstage.processors`` under the task type's name::
     stock_daily = "mypackage.rules:check_daily"
 
 The function takes a ``pyarrow.Table`` (the cleaned rows of some tasks of one
-task type, in the staged schema, ``_task_id`` included) and returns a
-``pyarrow.Table`` in that schema. It may drop rows, change values, or refuse
+task type, in the staged schema, ``_task_id`` included, and any undeclared
+columns that came with them) and returns a ``pyarrow.Table`` in that schema;
+undeclared columns it leaves out are not staged. It may drop rows, change values, or refuse
 rows by returning them with a non-null ``_error`` column holding the reason:
 those go to the dead letter. If it raises, or returns something that is not
 the staged schema, every row it was given goes to the dead letter with the
@@ -117,7 +118,10 @@ def apply(registered, dataset, table, task_ids):
     expected = dataset.column_names
     present = [c for c in out.column_names if c != ERROR_COLUMN]
     missing = [c for c in expected if c not in present]
-    extra = [c for c in present if c not in expected]
+    # Undeclared columns it was given it may keep (they are staged) or leave out.
+    given = {f.name: f for f in table.schema if f.name not in expected}
+    kept = [given[c] for c in present if c in given]
+    extra = [c for c in present if c not in expected and c not in given]
     if missing or extra:
         raise Refused(f"processor {name} returned a table that is not the staged schema:"
                       + (f" missing {', '.join(missing)}" if missing else "")
@@ -137,16 +141,16 @@ def apply(registered, dataset, table, task_ids):
         errors = out.column(ERROR_COLUMN)
         refused = pc.is_valid(errors)
         if pc.any(refused).as_py():
-            declared = [c.name for c in dataset.columns]
+            as_given = [c.name for c in dataset.columns] + [f.name for f in kept]
             bad = out.filter(refused)
-            for i, row, reason in zip(index.filter(refused).to_pylist(), bad.select(declared).to_pylist(),
+            for i, row, reason in zip(index.filter(refused).to_pylist(), bad.select(as_given).to_pylist(),
                                       bad.column(ERROR_COLUMN).to_pylist()):
                 rejected.append((i, row, f"processor {name}: {reason}"))
             keep = pc.invert(refused)
             out, index = out.filter(keep), index.filter(keep)
         out = out.drop_columns([ERROR_COLUMN])
     try:
-        out = out.select(expected).cast(dataset.arrow_schema)
+        out = out.select(expected + [f.name for f in kept]).cast(pa.schema(list(dataset.arrow_schema) + kept))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise Refused(f"processor {name} returned values that do not fit the staged schema: {exc}") from exc
     for field in dataset.arrow_schema:

@@ -10,6 +10,8 @@ stager died before sealing them. ``LeasingSqliteStorage`` adds:
   but is no longer handed out or counted as queued;
 - ``ack(lease_ids)``: delete the tasks and their leases once their rows are
   sealed (or dead-lettered);
+- ``release(lease_ids)``: drop leases and keep the tasks, which are handed out
+  again (work the stager could not keep, e.g. with the dead letter's disk full);
 - ``requeue_orphans(owner)``: at start-up, drop the leases of earlier (crashed)
   stager instances, so their tasks run again;
 - ``scan_results`` / ``delete_results``: read the result store a page at a
@@ -74,6 +76,13 @@ class LeasingSqliteStorage(SqliteStorage):
                 curs.execute(f"delete from task where id in (select task_id from duckstage_lease "
                              f"where id in ({marks}))", chunk)
                 curs.execute(f"delete from duckstage_lease where id in ({marks})", chunk)
+
+    def release(self, lease_ids):
+        """Drop leases without deleting their tasks: the tasks are handed out again."""
+        lease_ids = list(lease_ids)
+        for i in range(0, len(lease_ids), 500):
+            chunk = lease_ids[i:i + 500]
+            self.sql(f"delete from duckstage_lease where id in ({','.join('?' * len(chunk))})", chunk, commit=True)
 
     def requeue_orphans(self, owner):
         """Release leases not held by ``owner``, so their tasks run again; the count released."""

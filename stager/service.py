@@ -24,13 +24,12 @@ import threading
 import time
 from collections import Counter, deque
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import processors, staging
 from .backoff import Backoff
 from .buffer import Buffer, dedup
-from .clean import Part, clean_many
+from .clean import Part, clean_many, concat_staged
 from .deadletter import DeadLetter
 from .config import ConfigWatcher
 from .datasets import FETCHED_AT
@@ -48,15 +47,6 @@ def _current_delay(backoff):
     if not backoff.attempts:
         return 0
     return min(backoff.cap, backoff.initial * backoff.factor ** (backoff.attempts - 1))
-
-
-def _reason_class(reason):
-    """A dead-letter reason as one of a few labels (the reason text itself is in the file)."""
-    if "required value is missing" in reason:
-        return "missing_value"
-    if "does not match" in reason:
-        return "pattern"
-    return "invalid_value"
 
 
 class Stager:
@@ -169,14 +159,21 @@ class Stager:
     def _work_loop(self):
         name = threading.current_thread().name
         queue_backoff = Backoff(0.1, 2.0, 30.0)
+        disk_backoff = Backoff(0.5, 2.0, 30.0)
         while not self.stopped_event.is_set():
+            if self.sealing_behind():
+                # Claiming more would only grow memory: wait for the sealer to get a file out.
+                self._thread_state[name] = "paused"
+                self.stopped_event.wait(self.config.stager.queue_check_interval)
+                continue
             self._thread_state[name] = "working"
             try:
                 n = self.stage_next()
-            except ResourceError as exc:  # sealing failed: pause, the rows stay buffered
+            except ResourceError as exc:  # disk full: every claim is buffered or back in the queue
                 self._thread_state[name] = "paused"
-                log.error("%s: %s; pausing", name, exc)
-                self.stopped_event.wait(self.seal_backoff.next())
+                delay = disk_backoff.next()
+                log.error("%s: %s; pausing %.1fs", name, exc, delay)
+                self.stopped_event.wait(delay)
                 continue
             except sqlite3.Error as exc:  # Huey's SQLite file locked or failing: retry, lose nothing
                 self._thread_state[name] = "paused"
@@ -192,6 +189,7 @@ class Stager:
                 self.stopped_event.wait(queue_backoff.next())
                 continue
             queue_backoff.reset()
+            disk_backoff.reset()
             if not n:
                 self._thread_state[name] = "idle"
                 self.stopped_event.wait(self.config.stager.queue_check_interval)
@@ -229,6 +227,12 @@ class Stager:
 
     # --- steps ------------------------------------------------------------
 
+    def sealing_behind(self):
+        """True while sealing fails and a buffer already holds a file's worth of rows."""
+        if self.sealing_error is None:
+            return False
+        return any(b.full(self.config.stager.batch_for(n)) for n, b in self.buffers.items())
+
     def run_once(self, now=None):
         """One step without threads: stage the next claims, then seal what is due."""
         n = self.stage_next(now)
@@ -254,28 +258,47 @@ class Stager:
         return max(1, self.stage(claims, now))
 
     def stage(self, claims, now=None):
-        """Clean claims, dead-letter what is refused, buffer the rest; return rows handled."""
+        """Clean claims, dead-letter what is refused, buffer the rest; return rows handled.
+
+        Every claim ends buffered, acknowledged, or released (handed out again),
+        even when a seal or a dead-letter write fails on the way (disk full):
+        none is left leased to wait for a restart. Such a failure is raised
+        once the whole lease batch is dealt with, so the worker pauses.
+        """
         now = self.clock() if now is None else now
-        by_type, handled = {}, 0
+        by_type, handled, failure = {}, 0, None
         for claim in claims:
             result = claim.result
             if result.error or result.task_type not in self.buffers:
-                handled += self._refuse_whole(claim)
+                try:
+                    handled += self._refuse_whole(claim)
+                except ResourceError as exc:
+                    failure = failure or exc
             else:
                 by_type.setdefault(result.task_type, []).append(claim)
         for task_type, group in by_type.items():
-            handled += self._stage_group(self.buffers[task_type], group, now)
+            try:
+                handled += self._stage_group(self.buffers[task_type], group, now)
+            except ResourceError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         return handled
 
     def _refuse_whole(self, claim):
+        """Dead-letter every row of a claim and acknowledge it; release it if the write fails."""
         result = claim.result
         known = result.task_type in self.buffers
         reason = result.error or f"unknown task type {result.task_type!r} (known: {', '.join(self.buffers)})"
         rows = result.data if isinstance(result.data, list) else (
             result.data.to_pylist() if result.data is not None else [])
         rows = rows or [{}]
-        self.deadletter.write(result.task_type or "", [(r, reason) for r in rows],
-                              result.task_id, result.params, known=known)
+        try:
+            self.deadletter.write(result.task_type or "", [(r, reason) for r in rows],
+                                  result.task_id, result.params, known=known)
+        except ResourceError:
+            self._dead_letter_failed([claim])
+            raise
         self._count(result.task_type if known else None, deadlettered=len(rows), tasks=1)
         self._dead_reason(result.task_type if known else None,
                           "unreadable_task" if result.error else "unknown_task_type", len(rows))
@@ -287,6 +310,7 @@ class Stager:
         return len(rows)
 
     def _stage_group(self, buffer, claims, now):
+        """Stage the claims of one task type, task by task; raise a disk failure only at the end."""
         dataset = buffer.dataset
         results = [c.result for c in claims]
         try:
@@ -294,51 +318,91 @@ class Stager:
         except Exception as exc:  # noqa: BLE001 - data nobody foresaw must not stop the stager
             log.exception("%s: cleaning %d task(s) failed; dead-lettering them", dataset.name, len(claims))
             self._error("internal")
+            handled, failure = 0, None
             for claim in claims:
                 claim.result.error = f"internal error while cleaning: {type(exc).__name__}: {exc}"
-            return sum(self._refuse_whole(claim) for claim in claims)
-        if cleaned.dropped_columns:
-            new = [c for c in cleaned.dropped_columns if (dataset.name, c) not in self._warned_columns]
-            if new:
-                self._warned_columns.update((dataset.name, c) for c in new)
-                log.warning("%s: dropping column(s) not declared in datasets.yaml: %s", dataset.name, ", ".join(new))
-        if cleaned.bad:
-            by_part = {}
-            for i, row, reason in cleaned.bad:
-                by_part.setdefault(i, []).append((row, reason))
-            for i, rows in by_part.items():
-                r = results[i]
-                self.deadletter.write(dataset.name, rows, r.task_id, r.params)
-                log.warning("task %s: %d of %d %s row(s) dead-lettered, first: %s", r.task_id,
-                            len(rows), r.rows, dataset.name, rows[0][1],
-                            extra={"event": "dead_lettered", "task_id": r.task_id, "task_type": dataset.name,
-                                   "rows": len(rows)})
-                for _row, reason in rows:
-                    self._dead_reason(dataset.name, _reason_class(reason))
-            self._error("data_format", len(cleaned.bad))
-        rows_in = sum(r.rows for r in results)
-        self._count(dataset.name, tasks=len(results), rows_in=rows_in, deadlettered=len(cleaned.bad))
+                try:
+                    handled += self._refuse_whole(claim)
+                except ResourceError as refused:
+                    failure = failure or refused
+            if failure is not None:
+                raise failure
+            return handled
+        self._note_new_columns(dataset, cleaned.table.schema, cleaned.new_columns)
+        refused = [[] for _ in claims]  # per task: [(row, reason, kind)]
+        for i, row, reason, kind in cleaned.bad:
+            refused[i].append((row, reason, kind))
         table, counts = cleaned.table, cleaned.counts
         if dataset.name in self.transforms and table.num_rows:
-            table, counts = self._transform(self.transforms[dataset.name], dataset, results, table, counts)
+            table, counts = self._transform(self.transforms[dataset.name], dataset, results, table, counts, refused)
         settings = self.config.stager.batch_for(dataset.name)
-        offset, empty = 0, []
+        offset, handled, done, released, failure, seal_failed = 0, 0, [], [], None, False
         with buffer.lock:
             # Task by task, so a file rotates at batch_size however many tasks were cleaned together.
-            for claim, result, count in zip(claims, results, counts):
-                if not count:
-                    empty.append(claim.token)  # every row dead-lettered (fsynced) or filtered: done
-                    continue
-                buffer.append(table.slice(offset, count), [claim.token], [result.task_id], now)
+            for claim, result, count, bad in zip(claims, results, counts, refused):
+                rows = table.slice(offset, count)
                 offset += count
-                if buffer.due(settings, now) in ("rows", "bytes"):
-                    self._seal(buffer)
-        if empty:
-            self._ack(empty)
-        return rows_in
+                if bad:
+                    try:
+                        self._dead_letter(dataset, result, bad)
+                    except ResourceError as exc:
+                        # Its refused rows cannot be kept now: the task goes back to the
+                        # queue whole (its good rows are not buffered) and runs again.
+                        failure = failure or exc
+                        released.append(claim)
+                        continue
+                self._count(dataset.name, tasks=1, rows_in=result.rows)
+                handled += result.rows
+                if not count:
+                    done.append(claim.token)  # every row dead-lettered (fsynced) or filtered: done
+                    continue
+                buffer.append(rows, [claim.token], [result.task_id], now)
+                if not seal_failed and buffer.full(settings):
+                    try:
+                        self._seal(buffer)
+                    except ResourceError as exc:
+                        # The rows stay buffered, the later claims join them, the sealer retries.
+                        failure, seal_failed = failure or exc, True
+        if released:
+            self._dead_letter_failed(released)
+        if done:
+            self._ack(done)
+        if failure is not None:
+            raise failure
+        return handled
 
-    def _transform(self, registered, dataset, results, table, counts):
-        """Run a task type's processor; rows it rejects or fails on go to the dead letter.
+    def _dead_letter(self, dataset, result, refused):
+        """Write one task's refused rows ([(row, reason, kind)]) to the dead letter; ResourceError if it cannot."""
+        self.deadletter.write(dataset.name, [(row, reason) for row, reason, _ in refused], result.task_id,
+                              result.params)
+        n = len(refused)
+        self._count(dataset.name, deadlettered=n)
+        for _row, _reason, kind in refused:
+            self._dead_reason(dataset.name, kind)
+        self._error("data_format", n)
+        log.warning("task %s: %d of %d %s row(s) dead-lettered, first: %s", result.task_id, n, result.rows,
+                    dataset.name, refused[0][1],
+                    extra={"event": "dead_lettered", "task_id": result.task_id, "task_type": dataset.name,
+                           "rows": n})
+
+    def _dead_letter_failed(self, claims):
+        self._error("system_resource")
+        log.error("cannot write the dead letter; %d task(s) go back to the queue and run again: %s",
+                  len(claims), ", ".join(str(c.result.task_id) for c in claims))
+        self._release([c.token for c in claims])
+
+    def _note_new_columns(self, dataset, schema, names):
+        """Log once per column that an undeclared column is staged (the loader's new_columns decides)."""
+        new = [c for c in names if (dataset.name, c) not in self._warned_columns]
+        if new:
+            self._warned_columns.update((dataset.name, c) for c in new)
+            log.warning("%s: staging column(s) not declared in datasets.yaml: %s; loader.new_columns decides "
+                        "whether they reach the warehouse, declaring them gives them a type", dataset.name,
+                        ", ".join(f"{c} ({schema.field(c).type})" for c in new),
+                        extra={"event": "new_columns", "task_type": dataset.name})
+
+    def _transform(self, registered, dataset, results, table, counts, refused):
+        """Run a task type's processor; rows it rejects or fails on join ``refused`` (per task).
 
         Returns the rows to buffer and their count per task (in ``results`` order).
         """
@@ -350,40 +414,28 @@ class Stager:
                 part = table.slice(offset, count)
                 offset += count
                 if count:
-                    part, (count,) = self._transform(registered, dataset, [results[i]], part, [count])
+                    part, (count,) = self._transform(registered, dataset, [results[i]], part, [count],
+                                                     [refused[i]])
                 parts.append((part, count))
-            return pa.concat_tables([p for p, _ in parts]), [c for _, c in parts]
+            return concat_staged([p for p, _ in parts]), [c for _, c in parts]
         try:
             applied = processors.apply(registered, dataset, table, ids)
         except processors.Refused as exc:
             reason = str(exc)
             offset = 0
-            declared = [c.name for c in dataset.columns]
-            for r, count in zip(results, counts):
-                if count:
-                    rows = table.slice(offset, count).select(declared).to_pylist()
-                    self.deadletter.write(dataset.name, [(row, reason) for row in rows], r.task_id, r.params)
+            system = {c.name for c in dataset.system_columns}
+            as_given = [c for c in table.column_names if c not in system]  # the rows as cleaned
+            for i, count in enumerate(counts):
+                rows = table.slice(offset, count).select(as_given).to_pylist()
+                refused[i].extend((row, reason, "processor_error") for row in rows)
                 offset += count
-            n = table.num_rows
-            self._count(dataset.name, deadlettered=n)
-            self._dead_reason(dataset.name, "processor_error", n)
-            self._error("data_format", n)
-            log.error("%s: %d row(s) of %d task(s) dead-lettered: %s", dataset.name, n, len(results), reason,
+            log.error("%s: %d row(s) of %d task(s) go to the dead letter: %s", dataset.name, table.num_rows,
+                      len(results), reason,
                       extra={"event": "processor_failed", "task_type": dataset.name,
-                             "task_id": ",".join(i for i in ids if i), "rows": n})
+                             "task_id": ",".join(i for i in ids if i), "rows": table.num_rows})
             return table.slice(0, 0), [0] * len(results)
-        if applied.rejected:
-            by_part = {}
-            for i, row, reason in applied.rejected:
-                by_part.setdefault(i, []).append((row, reason))
-            for i, rows in by_part.items():
-                self.deadletter.write(dataset.name, rows, results[i].task_id, results[i].params)
-            n = len(applied.rejected)
-            self._count(dataset.name, deadlettered=n)
-            self._dead_reason(dataset.name, "processor_rejected", n)
-            self._error("data_format", n)
-            log.warning("%s: processor rejected %d row(s), first: %s", dataset.name, n, applied.rejected[0][2],
-                        extra={"event": "dead_lettered", "task_type": dataset.name, "rows": n})
+        for i, row, reason in applied.rejected:
+            refused[i].append((row, reason, "processor_rejected"))
         filtered = table.num_rows - applied.table.num_rows - len(applied.rejected)
         if filtered > 0:
             self._count(dataset.name, rows_filtered=filtered)
@@ -438,6 +490,9 @@ class Stager:
             self._count(dataset.name, seal_failures=1)
             self.sealing_error = str(exc)
             raise
+        except BaseException:
+            buffer.put_back(table, tokens, task_ids, opened_at)  # a bug must not drop rows on the floor
+            raise
         self.seal_backoff.reset()
         self.sealing_error = None
         self._ack(tokens)
@@ -457,20 +512,26 @@ class Stager:
         return None if oldest is None else round((utcnow() - oldest).total_seconds(), 3)
 
     def _ack(self, tokens):
+        # Sealed but not acknowledged if this gives up: the tasks run again after a
+        # restart and the loader's MERGE absorbs the duplicate rows.
+        self._settle(self.source.ack, tokens, "acknowledge", "they will be staged again after a restart")
+
+    def _release(self, tokens):
+        self._settle(self.source.release, tokens, "release", "they run again after a restart")
+
+    def _settle(self, settle, tokens, verb, otherwise):
         tokens = [t for t in tokens if t is not None]
         backoff = Backoff(0.05, 2.0, 5.0)
         while True:
             try:
-                self.source.ack(tokens)
+                settle(tokens)
                 return
-            except Exception as exc:  # noqa: BLE001 - sqlite busy/IO: the file is sealed, keep trying
+            except Exception as exc:  # noqa: BLE001 - sqlite busy/IO: keep trying
                 self._error("database_connection")
                 delay = backoff.next()
-                log.warning("cannot acknowledge %d claim(s) yet (%s); retrying in %.2fs", len(tokens), exc, delay)
+                log.warning("cannot %s %d claim(s) yet (%s); retrying in %.2fs", verb, len(tokens), exc, delay)
                 if backoff.attempts > 20:
-                    # Sealed but not acknowledged: the tasks run again after a
-                    # restart and the loader's MERGE absorbs the duplicate rows.
-                    log.error("giving up acknowledging %d claim(s); they will be staged again", len(tokens))
+                    log.error("giving up trying to %s %d claim(s); %s", verb, len(tokens), otherwise)
                     return
                 time.sleep(delay)
 

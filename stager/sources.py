@@ -2,6 +2,8 @@
 
 Both hand out ``Claim`` objects and take them back with ``ack`` once every row
 of the claim is sealed or dead-lettered; nothing is deleted from Huey before.
+``release`` gives back claims the stager could not keep (their dead-letter
+rows could not be written): they are handed out again, with no restart.
 
 - ``QueueSource`` (``run_huey_consumer: true``): leases the next tasks from
   the queue and runs ``process_fetched_data`` on the calling worker thread.
@@ -76,6 +78,9 @@ class QueueSource:
     def ack(self, tokens):
         self.storage.ack(tokens)
 
+    def release(self, tokens):
+        self.storage.release(tokens)
+
     def backlog(self):
         return {"queued_tasks": self.storage.queue_size(), "leased_tasks": self.storage.lease_count()}
 
@@ -142,6 +147,10 @@ class ResultSource:
     def ack(self, tokens):
         self.storage.delete_results(tokens)
         with self._lock:
+            self._claimed.difference_update(tokens)
+
+    def release(self, tokens):
+        with self._lock:  # still in the store: claimed again on the next pass over it
             self._claimed.difference_update(tokens)
 
     def backlog(self):

@@ -152,11 +152,11 @@ def seal(table, final, metadata, fsync=None):
     """
     fsync = fsync or os.fsync
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(final)
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), **metadata})
     table = table.replace_schema_metadata(schema.metadata)
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)  # a full disk can refuse a folder too
         with open(tmp, "wb") as f:
             # One row group per file where it fits: smaller and faster to write
             # and to read back than a group per task.

@@ -68,8 +68,9 @@ def test_cleaning_rules(make_config, producer):
     enqueue = producer(config)
     rows = daily_rows(3)
     rows[0].update(open="10.5", pre_close=float("nan"), change=float("inf"))   # numeric string, NaN, inf
+    rows[0].update(new_field=1.5)                                             # undeclared: kept
     rows[1].update(trade_date="2024-01-02", ah_vol="")                        # ISO date, empty string
-    rows[2].update(vol=7, amount=None, extra_column="dropped")                # int for DOUBLE; amount missing
+    rows[2].update(vol=7, amount=None, extra_column="gone with its row")      # int for DOUBLE; amount missing
     enqueue(TaskType.STOCK_DAILY, rows)
     stager = Stager(config)
     stager.prepare()
@@ -78,12 +79,15 @@ def test_cleaning_rules(make_config, producer):
     got = {r["ts_code"]: r for r in staged_rows(config, "stock_daily")}
     first = got[rows[0]["ts_code"]]
     assert first["open"] == 10.5 and first["pre_close"] is None and first["change"] is None
+    assert first["new_field"] == 1.5
     second = got[rows[1]["ts_code"]]
     assert second["trade_date"] == dt.date(2024, 1, 2) and second["ah_vol"] is None
+    assert second["new_field"] is None
     assert rows[2]["ts_code"] not in got  # amount is required
     [dl] = deadletters(config)
     assert dl["reason"].startswith("amount: required value is missing")
-    assert "extra_column" not in pq.read_schema(staged_paths(config)[0]).names
+    assert dl["row"]["extra_column"] == "gone with its row"  # the row as sent, undeclared column included
+    assert "extra_column" not in pq.read_schema(staged_paths(config)[0]).names  # no value left to stage
 
 
 @pytest.mark.parametrize("change, reason", [
