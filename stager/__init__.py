@@ -1,12 +1,14 @@
 """duckstage's stager: Huey results -> validated, cleaned, sealed Parquet files.
 
 The producer contract (docs/design.md): ``TaskType``, ``TaskResult``, and the Huey
-task ``stager.tasks.process_fetched_data``.
+task ``stager.tasks.process_fetched_data``, which raises ``UnknownTaskType`` (a
+ValueError) at enqueue for a task type the datasets file does not declare.
 """
 
+from .exceptions import UnknownTaskType
 from .results import TaskResult, TaskType
 
-__all__ = ["TaskType", "TaskResult", "Stager"]
+__all__ = ["TaskType", "TaskResult", "UnknownTaskType", "Stager"]
 
 
 def __getattr__(name):

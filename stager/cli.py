@@ -109,6 +109,7 @@ def requeue(paths):
     Example: stager requeue data/deadletter/income/income-20241129-1a2b3c4d.jsonl
     """
     from .deadletter import NotADeadLetter, requeue as requeue_file
+    from .exceptions import UnknownTaskType
     from .tasks import build_huey
 
     config = load("stager")
@@ -116,8 +117,8 @@ def requeue(paths):
     try:
         for path in paths:
             try:
-                tasks, rows = requeue_file(path, enqueue)
-            except NotADeadLetter as exc:
+                tasks, rows = requeue_file(path, enqueue, check_task_type=huey.check_task_type)
+            except (NotADeadLetter, UnknownTaskType) as exc:
                 raise UserError(str(exc)) from None
             click.echo(f"{path}: {rows} row(s) enqueued again as {tasks} task(s)")
     finally:

@@ -126,7 +126,7 @@ class NotADeadLetter(ValueError):
     """A file given to requeue that is not a dead-letter file: nothing is enqueued or moved."""
 
 
-def requeue(path, enqueue, done_folder=None):
+def requeue(path, enqueue, done_folder=None, check_task_type=None):
     """Enqueue the rows of a dead-letter file again, after a fix; return (tasks, rows).
 
     Rows are grouped back into one task per original task id and task type,
@@ -134,7 +134,9 @@ def requeue(path, enqueue, done_folder=None):
     ``replayed/`` beside it, so it is not requeued twice by mistake. Rows that
     are still bad come back to the dead letter with their reason. A file that
     is not a dead letter (another suffix, a line that is not a record) raises
-    NotADeadLetter before anything is enqueued or moved.
+    NotADeadLetter before anything is enqueued or moved; so does
+    ``check_task_type(task_type, context)`` (raising UnknownTaskType) for a
+    task type that is still unknown, e.g. one in ``_unknown_task_type/``.
     """
     path = Path(path)
     if path.suffix != ".jsonl" or "replayed" in path.parts:
@@ -156,6 +158,9 @@ def requeue(path, enqueue, done_folder=None):
             group["rows"].append(rec.get("row") or {})
     if not groups:
         raise NotADeadLetter(f"{path}: holds no dead-letter records")
+    if check_task_type is not None:
+        for task_type, _task_id in groups:
+            check_task_type(task_type, context=f"{path} (fix its task_type, or declare it, then requeue)")
     rows = 0
     for (task_type, _task_id), group in groups.items():
         params = {k: v for k, v in group["params"].items() if k not in ("task_type", "data")}

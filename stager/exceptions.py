@@ -6,6 +6,8 @@
   the reason; the rest of its batch goes on.
 - ``ResourceError``: disk full, out of memory, an I/O error while sealing:
   pause and retry; nothing half-written is ever sealed.
+- ``UnknownTaskType``: a producer's mistake, refused at enqueue in the
+  producer's process; nothing is enqueued.
 """
 
 
@@ -66,3 +68,23 @@ class ResourceError(DuckstageError):
 
 class PortUnavailable(DuckstageError):
     """The metrics port cannot be bound (taken, bad address): refused at start."""
+
+
+class UnknownTaskType(DuckstageError, ValueError):
+    """A task type the datasets file does not declare, refused at enqueue: nothing was enqueued.
+
+    Raised in the producer's process by ``process_fetched_data(...)`` (and by
+    ``stager requeue``), so a misspelt name fails where it was written rather
+    than in the stager's dead letter. ``known`` lists the declared task types.
+    """
+
+    def __init__(self, task_type, known, source="datasets.yaml", context=None):
+        import difflib
+
+        self.task_type = task_type
+        self.known = list(known)
+        self.source = str(source)
+        close = difflib.get_close_matches(str(task_type), self.known, n=1)
+        message = (f"unknown task type {task_type!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                   + f"; {self.source} declares: {', '.join(self.known)}; nothing was enqueued")
+        super().__init__(f"{context}: {message}" if context else message)

@@ -124,10 +124,10 @@ class LeasingSqliteStorage(SqliteStorage):
                      (self.name, *chunk), commit=True)
 
 
-def build_storage_huey(huey_config, synchronous=None):
-    """A Huey instance on the leasing SQLite storage described by ``huey_config``."""
+def build_storage_huey(huey_config, synchronous=None, huey_class=Huey):
+    """A Huey instance (of ``huey_class``) on the leasing SQLite storage described by ``huey_config``."""
     huey_config.path.parent.mkdir(parents=True, exist_ok=True)
-    return Huey(
+    return huey_class(
         huey_config.name,
         storage_class=LeasingSqliteStorage,
         filename=str(huey_config.path),

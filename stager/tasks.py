@@ -14,15 +14,21 @@ first use from the configuration (``$DUCKSTAGE_CONFIG`` or
 warning), so the producer and the stager agree on the queue: relative paths
 are relative to the configuration file, not to where the producer runs. A
 configuration that is refused raises ``stager.exceptions.ConfigError`` at that
-first use; the queue's location is logged at DEBUG (``duckstage.producer``). A producer that runs its own Huey
+first use; the queue's location is logged at DEBUG (``duckstage.producer``). A
+task type the datasets file does not declare is refused at once with
+``stager.UnknownTaskType`` (a ValueError) listing the declared ones; nothing is
+enqueued. A producer that runs its own Huey
 consumer (``stager.run_huey_consumer: false``) starts it with
 ``huey_consumer stager.tasks.huey``.
 """
 
 import datetime as dt
 
+from huey import Huey
+from huey.api import chord, group
 from huey.signals import SIGNAL_ENQUEUED
 
+from .exceptions import UnknownTaskType
 from .queue import build_storage_huey
 from .results import TaskResult, TaskType, to_rows, utcnow
 
@@ -53,13 +59,43 @@ _process_fetched_data.__name__ = TASK_NAME
 _process_fetched_data.__qualname__ = TASK_NAME
 
 
+class FetchedDataHuey(Huey):
+    """Huey that refuses ``process_fetched_data`` for a task type the datasets do not declare.
+
+    The check runs in ``enqueue``, the one call every way of queueing a task
+    goes through, before anything is written: a misspelt task type raises
+    UnknownTaskType in the producer's process instead of turning up in the
+    stager's dead letter. (A signal handler could not refuse: Huey logs and
+    swallows what its receivers raise.) A task whose type is removed from the
+    datasets file after it was enqueued is still dead-lettered by the stager.
+    """
+
+    datasets = None  # set by build_huey; None checks nothing
+
+    def enqueue(self, task):
+        tasks = list(task.tasks) if isinstance(task, (group, chord)) else [task]
+        for t in tasks + ([task.callback] if isinstance(task, chord) else []):
+            if getattr(t, "name", None) == TASK_NAME:
+                self.check_task_type(t.args[0] if t.args else t.kwargs.get("task_type"))
+        return super().enqueue(task)
+
+    def check_task_type(self, task_type, context=None):
+        """The task type's name; UnknownTaskType if the datasets file does not declare it."""
+        name = task_type.value if isinstance(task_type, TaskType) else task_type
+        if self.datasets is not None and not (isinstance(name, str) and name in self.datasets):
+            raise UnknownTaskType(name, self.datasets.names, self.datasets.source, context)
+        return name
+
+
 def build_huey(config, synchronous=None):
     """The Huey instance for ``config`` with ``process_fetched_data`` registered.
 
     Returns ``(huey, task_wrapper)``. ``synchronous`` (e.g. "NORMAL") is for the
-    stager's own connection; producers keep the configured fsync.
+    stager's own connection; producers keep the configured fsync. Enqueueing a
+    task type ``config.datasets`` does not declare raises UnknownTaskType.
     """
-    huey = build_storage_huey(config.huey, synchronous)
+    huey = build_storage_huey(config.huey, synchronous, huey_class=FetchedDataHuey)
+    huey.datasets = config.datasets
     wrapper = huey.task(context=True, name=TASK_NAME)(_process_fetched_data)
 
     @huey.signal(SIGNAL_ENQUEUED)

@@ -121,23 +121,6 @@ def test_bad_rows_go_to_the_dead_letter_with_reason_and_task_id(make_config, pro
     assert stager.get_status()["errors"]["data_format"] == 1
 
 
-def test_unknown_task_type_and_unreadable_data_are_dead_lettered(make_config, producer):
-    _, config = make_config()
-    enqueue = producer(config)
-    r1 = enqueue("stock_weekly", daily_rows(2))
-    r2 = enqueue(TaskType.INCOME, 42)
-    stager = Stager(config)
-    stager.prepare()
-    drain(stager)
-    by_task = {}
-    for rec in deadletters(config):
-        by_task.setdefault(rec["task_id"], []).append(rec)
-    assert len(by_task[r1.id]) == 2 and "unknown task type 'stock_weekly'" in by_task[r1.id][0]["reason"]
-    assert (config.deadletter_dir / "_unknown_task_type").is_dir()
-    assert "not int" in by_task[r2.id][0]["reason"] and by_task[r2.id][0]["row"] == {"value": "42"}
-    assert stager.huey.storage.queue_size() == 0 and stager.huey.storage.lease_count() == 0
-
-
 def test_a_foreign_task_in_the_queue_is_dead_lettered_not_lost(make_config, producer):
     _, config = make_config()
     producer(config)
