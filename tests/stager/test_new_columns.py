@@ -237,7 +237,14 @@ def test_a_new_tushare_field_reaches_the_warehouse_as_the_loader_policy_says(tmp
         assert codes == ["600000.SH", "600001.SH", "600002.SH", "600003.SH"]
         assert "turnover_rate" not in column_types(config)
         archived = [p for p in config.archive_dir.rglob("*.parquet") if "turnover_rate" in pq.read_schema(p).names]
-        assert len(archived) == 1  # the values are kept in the archive, for a reload under `add`
+        assert len(archived) == 1  # the values are kept in the archive
+        # Changing one's mind: switch to `add` and replay the archive.
+        path, config = loader_config(tmp_path, "add")
+        out = subprocess.run([sys.executable, "-m", "loader", "--config", str(path), "rebuild", "--task-type",
+                              "stock_daily"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        rows = cli(config, "SELECT ts_code, turnover_rate FROM stock_daily ORDER BY 1")
+        assert [r["turnover_rate"] for r in rows] == [None, None, 1.5, 2.5]
 
 
 def declare(tmp_path, **columns):
