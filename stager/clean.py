@@ -99,10 +99,14 @@ def _clean(dataset, data, parts):
     else:
         rows = list(data or [])
         n = len(rows)
-        names = list(dict.fromkeys(str(k) for r in rows for k in r))
+        keys = {}  # column name -> the key the rows use (a producer's dict may have non-text keys)
+        for r in rows:
+            for k in r:
+                keys.setdefault(str(k), k)
+        names = list(keys)
 
         def column(name):
-            return [r.get(name) for r in rows] if name in names else None
+            return [r.get(keys[name]) for r in rows] if name in keys else None
 
         def original(i):
             return rows[i]
