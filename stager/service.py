@@ -206,6 +206,12 @@ class Stager:
                 log.error("sealer: %s; pausing", exc)
                 self._halt.wait(self.seal_backoff.next())
                 continue
+            except Exception:  # noqa: BLE001 - a bug must not end the sealer: the rows stay buffered
+                self._thread_state[name] = "paused"
+                self._error("internal")
+                log.exception("sealer: unexpected error; the rows stay buffered, retrying")
+                self._halt.wait(self.seal_backoff.next())
+                continue
             self._thread_state[name] = "idle"
             timeouts = [self.config.stager.batch_for(n).batch_timeout for n in self.buffers]
             self._halt.wait(min(0.25, min(timeouts) / 4))

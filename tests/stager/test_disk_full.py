@@ -234,3 +234,26 @@ def test_a_running_stager_pauses_on_a_full_disk_and_carries_on_when_space_return
     assert [p for p in config.staging_dir.rglob("*") if staging.is_temporary(p)] == []
     refused = sorted((d["row"]["ts_code"], d["row"]["trade_date"]) for d in deadletters(config))
     assert refused == sorted(bad)  # each bad row once: a failed dead-letter write left nothing behind
+
+
+def test_an_unforeseen_error_while_sealing_keeps_the_rows_and_the_sealer_alive(make_config, producer):
+    from tests.conftest import wait_for
+
+    _, config = make_config(stager={"batch_size": 1000, "batch_timeout": 0.2, "worker_threads": 1,
+                                    "queue_check_interval": 0.05})
+    producer(config)(TaskType.STOCK_DAILY, daily_rows(5))
+    failures = {"left": 2}
+
+    def fsync(fd):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ValueError("a bug nobody foresaw")
+        os.fsync(fd)
+
+    stager = Stager(config, fsync=fsync).start()
+    try:
+        wait_for(lambda: len(staged_keys(config)) == 5, timeout=20, message="rows sealed after the errors")
+        assert all(t.is_alive() for t in stager._threads)
+        assert stager.get_status()["errors"]["internal"] == 2
+    finally:
+        assert stager.stop(timeout=20)
