@@ -5,6 +5,7 @@ own (not the stager's), and against the Tushare rules in docs/tushare.md.
 """
 
 import datetime as dt
+import hashlib
 import math
 import re
 from collections import Counter, defaultdict
@@ -111,6 +112,32 @@ def test_same_seed_same_batches_other_seed_other_batches():
     first = fingerprint(generate(seed=3, **small))
     assert first == fingerprint(generate(seed=3, **small))
     assert first != fingerprint(generate(seed=4, **small))
+
+
+# What ``bad_batches`` generates, per task type: the first 16 hex digits of a
+# sha256 over its batches' fingerprints. A refactor must leave them alone; a
+# deliberate change of the data updates them in the same commit and says why.
+# Computed with CPython on glibc: another libm may round an exp() differently.
+DIGESTS = {
+    "stock_basic": "0f185aa5e14e9e98",
+    "stock_daily": "f6af3924910caddd",
+    "daily_bar_qfq": "7b3e1ab36a058066",
+    "daily_bar_none": "05d239636a2c91ca",
+    "income": "f29e4ebb15e69f2e",
+    "balancesheet": "ff5b856715e127a4",
+    "cashflow": "45583a1859a5fb43",
+}
+
+
+def digests(batches):
+    out = {}
+    for task_type, *rest in fingerprint(batches):
+        out.setdefault(task_type.value, hashlib.sha256()).update(repr(rest).encode())
+    return {name: h.hexdigest()[:16] for name, h in out.items()}
+
+
+def test_generated_data_is_pinned(bad_batches):
+    assert digests(bad_batches) == DIGESTS
 
 
 def test_all_seven_task_types_and_all_three_shapes(batches):
