@@ -46,8 +46,9 @@ sys.path.insert(0, str(REPO))
 from stager import TaskType  # noqa: E402
 from stager.config import load_config  # noqa: E402
 from stager.demo import Child  # noqa: E402
-from stager.produce import clean, generate  # noqa: E402
+from stager.produce import generate  # noqa: E402
 from stager.tasks import build_huey  # noqa: E402
+from tests.oracle import clean  # noqa: E402
 
 GOAL = 200_000  # rows/s end to end on 2 cores, 1000-row tasks (issue 4)
 

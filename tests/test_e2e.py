@@ -18,9 +18,10 @@ import pytest
 
 from stager.config import load_config
 from stager.deadletter import UNKNOWN, read_records
-from stager.produce import expected_rows, generate
+from stager.produce import generate
 from stager.tasks import build_huey
 from tests.conftest import REPO, write_config
+from tests.oracle import expected_rows
 
 # 40 stocks over 6 trading days from 2024-04-25: the whole-market statement
 # fetches after the 2023 annual and 2024 Q1 deadlines (2024-04-30) fall in the
@@ -191,7 +192,7 @@ def test_demo_warehouse_equals_what_the_producer_generated(tmp_path):
     done = run_demo(path, **DEMO)
     assert done.returncode == 0, done.stdout + done.stderr
 
-    expected = expected_rows(generated(**DEMO))
+    expected = expected_rows(generated(**DEMO), config.datasets)
     assert set(expected) == set(config.datasets.names)  # the arguments still exercise every task type
     assert_warehouse_equals(config, expected)
 
@@ -215,7 +216,7 @@ def test_demo_run_twice_on_the_same_data_changes_no_row(tmp_path):
     again = run_demo(path, **small)  # the same batches, enqueued again with later fetch times
     assert again.returncode == 0, again.stdout + again.stderr
     assert warehouse_tables(config) == before
-    assert_warehouse_equals(config, expected_rows(generated(**small)))
+    assert_warehouse_equals(config, expected_rows(generated(**small), config.datasets))
     assert_nothing_left(config)
     with duckdb.connect(str(config.loader.database), read_only=True) as con:
         loads = con.execute("SELECT max(loads) FROM _duckstage_manifest").fetchone()[0]

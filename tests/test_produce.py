@@ -15,13 +15,13 @@ import pytest
 
 from stager.config import load_config
 from stager.datasets import load_datasets
-from stager.produce import (DATASETS_PATH, FIELDS, PRODUCE_OPTIONS, Batch, BadRow, expected_rows,
-                            generate, produce, trading_days)
+from stager.produce import FIELDS, PRODUCE_OPTIONS, Batch, BadRow, generate, produce, trading_days
 from stager.results import TaskType
 from stager.tasks import build_huey
-from tests.conftest import write_config
+from tests.conftest import CONFIG_DIR, write_config
+from tests.oracle import expected_rows
 
-DATASETS = load_datasets(DATASETS_PATH)
+DATASETS = load_datasets(CONFIG_DIR / "datasets.yaml")
 # Through the Q1 disclosure season, into H1's, and over the ex-dividend months.
 RUN = dict(stocks=300, days=90, seed=7, start="20240401", rows_per_task=400)
 
@@ -429,7 +429,7 @@ def test_expected_rows_follows_each_version_order():
         Batch(T.DAILY_BAR_NONE, pa.Table.from_pylist([bar("000001.SZ", "20240102", 9.0, pre_close=float("nan"))]),
               {"ts_code": "000001.SZ"}),
     ]
-    out = expected_rows(batches)
+    out = expected_rows(batches, DATASETS)
     assert [r["close"] for r in out["stock_daily"].to_pylist()] == [11.0]
     assert out["stock_daily"].to_pylist()[0]["trade_date"] == dt.date(2024, 1, 2)
     assert out["stock_daily"].to_pylist()[0]["ah_vol"] is None
@@ -441,7 +441,7 @@ def test_expected_rows_follows_each_version_order():
 
 
 def test_expected_rows_of_a_generated_run(bad_batches):
-    out = expected_rows(bad_batches)
+    out = expected_rows(bad_batches, DATASETS)
     for task_type in TaskType:
         dataset = DATASETS[task_type.value]
         keys = {tuple(r[k] for k in dataset.primary_key)
