@@ -23,7 +23,8 @@ import click
 import psutil
 
 from . import staging
-from .cli import load_or_exit
+from .config import load_config
+from .exceptions import ConfigError
 from .ops import read_snapshot
 from .produce import generate, produce
 from .tasks import build_huey
@@ -32,6 +33,22 @@ WIDTH = 80  # the summary is read in any terminal and pasted into issues
 # Summary columns: (heading, RunCounts field); enqueued = the other three + what is named below the table.
 COLUMNS = (("enqueued", "enqueued"), ("committed", "committed"), ("superseded", "superseded"),
            ("dead-\nlettered", "deadlettered"))
+
+
+class _Refused(click.ClickException):
+    """A configuration the demo cannot run with: one line on stderr, exit 2."""
+
+    exit_code = 2
+
+
+def _load_config(config_path):
+    # Not the stager command's loader: the demo uses duckstage as an application
+    # would, and must keep working whatever shape the command module takes.
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        raise _Refused(f"configuration refused: {exc}") from None
+
 
 class Child:
     """A pipeline process with its peak resident memory sampled."""
@@ -107,7 +124,7 @@ def main(config_path, stocks, days, seed, bad_share, start):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(width=min(WIDTH, Console().width))
-    config = load_or_exit(config_path)
+    config = _load_config(config_path)
     for folder in (config.run_dir, config.staging_dir):
         folder.mkdir(parents=True, exist_ok=True)
     console.print(f"duckstage demo: Huey queue {_shown(config.huey.path)}, warehouse {_shown(config.loader.database)}")

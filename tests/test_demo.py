@@ -111,3 +111,24 @@ def test_the_summary_fits_80_columns_in_a_wide_terminal(runs):
     wide = [line for line in summary.splitlines() if len(line.rstrip()) > 80]
     assert not wide, "\n".join(wide)
     assert len(table_rows(stdout)) == len(runs[1].datasets.names) + 1  # no name or number cut short
+
+
+def test_the_demo_needs_no_cli_module():
+    # The demo is a library user like any application: it loads the
+    # configuration itself, so the stager command can change without it.
+    probe = "import sys, stager.demo; print(sorted(m for m in sys.modules if m.endswith('.cli')))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=str(REPO), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_bad_configuration_is_one_line_and_exit_2(tmp_path):
+    path = write_config(tmp_path, stager={"batch_size": "many"})
+    done = subprocess.run([sys.executable, "-m", "stager.demo", "--config", str(path)], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "stager.batch_size" in lines[0], done.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything was made
