@@ -7,7 +7,11 @@ own (not the stager's), and against the Tushare rules in docs/tushare.md.
 import datetime as dt
 import hashlib
 import math
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections import Counter, defaultdict
 
 import pyarrow as pa
@@ -18,7 +22,7 @@ from stager.datasets import load_datasets
 from stager.produce import FIELDS, PRODUCE_OPTIONS, Batch, BadRow, generate, produce, trading_days
 from stager.results import TaskType
 from stager.tasks import build_huey
-from tests.conftest import CONFIG_DIR, write_config
+from tests.conftest import CONFIG_DIR, REPO, write_config
 from tests.oracle import expected_rows
 
 DATASETS = load_datasets(CONFIG_DIR / "datasets.yaml")
@@ -482,6 +486,45 @@ def test_produce_options_match_generate():
     for flag, name, kind, default, help_text in PRODUCE_OPTIONS:
         assert flag == "--" + name.replace("_", "-")
         assert params[name].default == default and isinstance(default, kind) and help_text
+
+
+def test_stager_produce_runs_from_an_installed_copy(tmp_path):
+    """``stager produce`` from a non-editable install, started elsewhere with a config file there.
+
+    An installed copy has no source tree around it: no config/ beside the
+    code, and only the packages pyproject.toml lists.
+    """
+    src, site, work = tmp_path / "src", tmp_path / "site", tmp_path / "work"
+    # Build from a copy so the build leaves nothing in this checkout.
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "data", "build", "dist", "*.egg-info", "__pycache__", "tests", "benchmarks"))
+    build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+                            "--no-build-isolation", "--target", str(site), str(src)],
+                           capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stdout + build.stderr
+    work.mkdir()
+    shutil.copy(CONFIG_DIR / "datasets.yaml", work / "datasets.yaml")
+    (work / "duckstage.yaml").write_text("data_dir: data\ndatasets: datasets.yaml\n")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("DUCKSTAGE_CONFIG", None)
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=str(work), env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    where = run("-c", "import stager.produce; print(stager.produce.__file__)")
+    assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
+    small = dict(stocks=20, days=3, seed=1, start="20240603")
+    done = run("-m", "stager", "--config", "duckstage.yaml", "produce",
+               *(f"--{k}={v}" for k, v in small.items()))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "stock_daily:" in done.stdout
+
+    huey, _ = build_huey(load_config(work / "duckstage.yaml", cwd=work))
+    try:
+        assert huey.pending_count() == len(list(generate(**small)))
+    finally:
+        huey.storage.close()
 
 
 # --- the real-downloader template ------------------------------------------
