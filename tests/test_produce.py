@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter, defaultdict
+from decimal import ROUND_HALF_UP, Decimal
 
 import pyarrow as pa
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from stager.config import load_config
 from stager.datasets import load_datasets
 from stager.produce import FIELDS, PRODUCE_OPTIONS, Batch, BadRow, generate, produce, trading_days
+from stager.produce.bars import limit_prices
 from stager.results import TaskType
 from stager.tasks import build_huey
 from tests.conftest import CONFIG_DIR, REPO, write_config
@@ -214,38 +216,60 @@ def test_stock_basic_has_listed_and_delisted_stocks(batches):
 # --- daily bars ------------------------------------------------------------
 
 def daily_limit(code, name):
+    """The daily price limit in percent: by board, and 5 for ST names on the main boards."""
     if code.startswith(("688", "300", "301")):
-        return 0.20
+        return 20
     if code.endswith(".BJ"):
-        return 0.30
-    return 0.05 if "ST" in name else 0.10
+        return 30
+    return 5 if "ST" in name else 10
 
 
-def half_up(x):
-    return math.floor(x * 100 + 0.5) / 100
+def limit_price(pre, limit, sign):
+    """pre * (1 + sign * limit%), rounded half up to the fen on the exact decimal as the exchanges do.
+
+    Not in binary floating point: 4.3 * 1.05 is 4.5149999... there, and the
+    limit-up price of 4.30 at 5% is 4.52, not 4.51.
+    """
+    exact = Decimal(repr(pre)) * (100 + sign * limit) / 100
+    return max(0.01, float(exact.quantize(Decimal("0.01"), ROUND_HALF_UP)))
 
 
-def test_stock_daily_ohlc_limits_units(batches):
+def test_limit_price_is_the_exact_decimal_rounded_half_up():
+    assert limit_price(4.3, 5, +1) == 4.52
+    assert limit_price(0.45, 30, -1) == 0.32  # 0.315
+
+
+def test_limit_prices_of_the_generator_are_exact():
+    for limit in (5, 10, 20, 30):
+        for pre in range(1, 20001):  # fen
+            up, dn = limit_prices(pre, limit)
+            assert (up / 100, dn / 100) == (limit_price(pre / 100, limit, +1), limit_price(pre / 100, limit, -1)), \
+                (pre, limit)
+
+
+def check_daily_bars(batches, run):
     names = {r["ts_code"]: r["name"] for r in rows_of(batches, TaskType.STOCK_BASIC)
              if r["list_status"] == "L"}
     daily = by_type(batches, TaskType.STOCK_DAILY)
-    assert {b.params["trade_date"] for b in daily} == set(trading_days(RUN["start"], RUN["days"]))
-    fractional = ex_days = 0
+    assert {b.params["trade_date"] for b in daily} == set(trading_days(run["start"], run["days"]))
+    fractional = ex_days = at_limit = 0
     for b in daily:
-        assert len(b.row_dicts()) <= RUN["rows_per_task"]
+        assert len(b.row_dicts()) <= run["rows_per_task"]
         for r in b.row_dicts():
             assert r["trade_date"] == b.params["trade_date"]
             o, h, lo, c, pre = r["open"], r["high"], r["low"], r["close"], r["pre_close"]
             assert 0 < lo <= min(o, c) <= max(o, c) <= h
             limit = daily_limit(r["ts_code"], names[r["ts_code"]])
-            assert h <= half_up(pre * (1 + limit)) + 1e-9, r
-            assert lo >= half_up(pre * (1 - limit)) - 1e-9, r
+            up, dn = limit_price(pre, limit, +1), limit_price(pre, limit, -1)
+            assert dn <= lo and h <= up, r
+            at_limit += h == up or lo == dn
             assert r["change"] == pytest.approx(c - pre, abs=1e-9)
             assert r["pct_chg"] == pytest.approx((c - pre) / pre * 100, abs=1e-4)
             vwap = r["amount"] * 1000 / (r["vol"] * 100)  # thousand CNY / shares
             assert lo - 0.01 <= vwap <= h + 0.01
             fractional += r["vol"] != int(r["vol"])
     assert fractional
+    assert at_limit, "no price reached a limit: the bound was not put to the test"
     # ex-dividend days: pre_close is the reference price, not the raw previous close
     last_close = {}
     for b in daily:
@@ -255,6 +279,16 @@ def test_stock_daily_ohlc_limits_units(batches):
                 ex_days += 1
             last_close[r["ts_code"]] = r["close"]
     assert ex_days
+
+
+def test_stock_daily_ohlc_limits_units(batches):
+    check_daily_bars(batches, RUN)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_stock_daily_ohlc_limits_units_with_other_seeds(seed):
+    run = dict(RUN, seed=seed)
+    check_daily_bars(list(generate(**run, task_types=[TaskType.STOCK_BASIC, TaskType.STOCK_DAILY])), run)
 
 
 def raw_closes(batches):

@@ -20,11 +20,22 @@ _HALF_Z = [abs(z) for z in _Z]
 HIST_WIDTH = 9
 
 
+def limit_prices(pre, limit):
+    """The limit-up and limit-down prices (fen) for reference price ``pre`` (fen), ``limit`` in %.
+
+    The exchanges round pre * (1 +- limit) half up to the fen on the exact
+    decimal product. Integer arithmetic gets that; a binary float does not
+    (0.7 is stored below 7/10, so 45 fen * 0.7 = 31.5 would round to 31).
+    A limit-down price is at least 1 fen.
+    """
+    return (pre * (100 + limit) + 50) // 100, (pre * (100 - limit) + 50) // 100 or 1
+
+
 def step_day(rng, universe, di, day):
     """Advance every trading stock by one day; return the day's daily rows.
 
     Prices are kept in integer fen (cents), so a price is exactly the float of
-    its 2-dp decimal and limit prices round half up as the exchanges do.
+    its 2-dp decimal and limit prices are exact (``limit_prices``).
     """
     year = int(day[:4])
     month = int(day[4:6])
@@ -51,9 +62,7 @@ def step_day(rng, universe, di, day):
                 s.adj = round(s.adj * pre / ref, 3)
                 s.ex_since_fetch = True
                 pre = ref
-        lim = s.limit
-        up = int(pre * (1 + lim) + 0.5)
-        dn = int(pre * (1 - lim) + 0.5) or 1
+        up, dn = limit_prices(pre, s.limit)
         sig = s.sigma
         r = bits(60)  # five 12-bit draws from the normal table
         ret = 0.0003 + sig * z[r & 4095]

@@ -11,13 +11,13 @@ from array import array
 from ..results import TaskType
 from .calendar import shift, to_date, to_ymd
 
-# weight, suffix, prefixes, market, exchange, daily limit, first listing date
+# weight, suffix, prefixes, market, exchange, daily limit (%), first listing date
 _BOARDS = (
-    (0.31, "SH", ("600", "601", "603", "605"), "主板", "SSE", 0.10, "19901219"),
-    (0.105, "SH", ("688",), "科创板", "SSE", 0.20, "20190722"),
-    (0.27, "SZ", ("000", "001", "002", "003"), "主板", "SZSE", 0.10, "19910403"),
-    (0.25, "SZ", ("300", "301"), "创业板", "SZSE", 0.20, "20091030"),
-    (0.065, "BJ", ("920", "43", "83", "87"), "北交所", "BSE", 0.30, "20211115"),
+    (0.31, "SH", ("600", "601", "603", "605"), "主板", "SSE", 10, "19901219"),
+    (0.105, "SH", ("688",), "科创板", "SSE", 20, "20190722"),
+    (0.27, "SZ", ("000", "001", "002", "003"), "主板", "SZSE", 10, "19910403"),
+    (0.25, "SZ", ("300", "301"), "创业板", "SZSE", 20, "20091030"),
+    (0.065, "BJ", ("920", "43", "83", "87"), "北交所", "BSE", 30, "20211115"),
 )
 _CHARS = "安宝北滨博长城创达大德电东方飞丰峰福富港广国海航和恒红宏华环汇佳建江金锦京精聚凯康科蓝力联龙隆美明南宁鹏平奇启前庆荣瑞三森山上深神晟盛时顺泰天通万威伟西祥新鑫星兴亚阳一亿易银永友宇元远云泽长兆浙正中众洲紫"
 _SUFFIXES = ("科技", "股份", "电子", "药业", "能源", "智能", "材料", "控股", "集团", "电气", "生物", "化工",
@@ -68,7 +68,7 @@ def draw_universe(rng, stocks, days, cal):
         s.code, s.board, s.limit = code, board, limit
         st = board in (0, 2) and rng.random() < 0.03
         if st:
-            s.limit = 0.05
+            s.limit = 5
         s.name = ("*ST" if rng.random() < 0.5 else "ST") * st + rng.choice(_CHARS) + rng.choice(_CHARS) \
             + rng.choice(_SUFFIXES)
         s.delist_date = None
@@ -96,7 +96,7 @@ def draw_universe(rng, stocks, days, cal):
         years = max(0.0, (to_date(first) - to_date(s.list_date)).days / 365.25)
         s.adj = round(math.exp(rng.uniform(0.0, 0.12) * years), 3) if s.list_idx == 0 else 1.0
         s.close = int(min(1800.0, max(1.5, math.exp(rng.gauss(2.5, 0.8)))) * 100)  # fen
-        s.sigma = rng.uniform(0.012, 0.035) * (1.3 if limit > 0.1 else 1.0)
+        s.sigma = rng.uniform(0.012, 0.035) * (1.3 if limit > 10 else 1.0)
         s.vol_base = math.exp(rng.gauss(11.0, 1.0)) + 1000.0
         s.susp = 0
         s.paid_year = int(first[:4]) if s.list_idx else 0
