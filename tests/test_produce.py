@@ -129,9 +129,9 @@ DIGESTS = {
     "stock_daily": "f6af3924910caddd",
     "daily_bar_qfq": "7b3e1ab36a058066",
     "daily_bar_none": "05d239636a2c91ca",
-    "income": "f29e4ebb15e69f2e",
-    "balancesheet": "ff5b856715e127a4",
-    "cashflow": "45583a1859a5fb43",
+    "income": "3c38a0938a2a33ee",
+    "balancesheet": "99727e037bf22517",
+    "cashflow": "713b2a5c5191b758",
 }
 
 
@@ -394,18 +394,42 @@ def test_statements_restated_ytd_and_identities(batches):
         assert r["n_incr_cash_cash_equ"] == pytest.approx(flows + fx, abs=0.03)
 
 
-def test_income_is_year_to_date():
-    rows = rows_of(generate(stocks=60, days=200, seed=2, start="20240102", restate_share=0.0),
-                   TaskType.INCOME)
-    revenue = defaultdict(dict)
-    for r in rows:
-        revenue[(r["ts_code"], r["end_date"][:4])][r["end_date"]] = r["revenue"]
+# Figures that no quarter can make negative: their year-to-date sums only grow.
+CUMULATIVE = {
+    TaskType.INCOME: ("revenue", "total_revenue", "int_income", "int_exp", "comm_income", "comm_exp",
+                      "n_commis_income", "oper_cost", "sell_exp", "admin_exp", "rd_exp", "biz_tax_surchg",
+                      "total_cogs", "fin_exp_int_exp", "fin_exp_int_inc", "invest_income", "oth_income",
+                      "non_oper_income", "non_oper_exp", "income_tax"),
+    TaskType.CASHFLOW: ("c_fr_sale_sg", "c_inf_fr_operate_a", "c_paid_goods_s", "c_paid_to_for_empl",
+                        "c_paid_for_taxes", "st_cash_out_act", "c_disp_withdrwl_invest", "c_recp_return_invest",
+                        "n_recp_disp_fiolta", "stot_inflows_inv_act", "c_pay_acq_const_fiolta", "c_paid_invest",
+                        "stot_out_inv_act", "c_recp_borrow", "stot_cash_in_fnc_act", "c_prepay_amt_borr",
+                        "c_pay_dist_dpcp_int_exp", "stot_cashout_fnc_act", "depr_fa_coga_dpba",
+                        "amort_intang_assets"),
+}
+
+
+# Seed 8 drew securities firms whose year-to-date revenue fell when each
+# period's revenue mix was drawn afresh.
+@pytest.mark.parametrize("seed", [2, 8, 10])
+def test_year_to_date_figures_never_fall_within_a_year(seed):
+    batches = generate(stocks=60, days=200, seed=seed, start="20240102", restate_share=0.0,
+                       task_types=list(CUMULATIVE))
+    series = defaultdict(dict)  # (task type, ts_code, year, column) -> {end_date: value}
+    kinds = set()
+    for b in batches:
+        for r in b.row_dicts():
+            kinds.add(r["comp_type"])
+            for column in CUMULATIVE[b.task_type]:
+                if not math.isnan(r[column]):
+                    series[(b.task_type.value, r["ts_code"], r["end_date"][:4], column)][r["end_date"]] = r[column]
     grown = 0
-    for periods in revenue.values():
-        values = [periods[p] for p in sorted(periods)]
-        assert values == sorted(values)
-        grown += len(values) > 1
+    for key, by_period in series.items():
+        values = [by_period[p] for p in sorted(by_period)]
+        assert values == sorted(values), (key, by_period)
+        grown += len(values) > 2
     assert grown
+    assert kinds - {"1"}, "no bank, insurer or broker: the financial statements were not put to the test"
 
 
 # --- bad rows --------------------------------------------------------------

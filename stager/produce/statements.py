@@ -67,23 +67,56 @@ def _seed(*parts):
     return zlib.crc32(":".join(map(str, parts)).encode())
 
 
+_QUARTER_SHARES = (0.22, 0.24, 0.25, 0.29)  # of a year's revenue, by quarter
+_QUARTER_ENDS = ("0331", "0630", "0930", "1231")
+
+
 def _statements(seed, s, period, bump=0.0):
     """income, balancesheet and cashflow figures of one period (report_type 1).
 
-    Income and cash flows are year to date: a yearly base times the cumulative
-    seasonal weight of the quarter. Totals are derived from rounded parts, so
-    the accounting identities hold to the fen. ``bump`` scales the period's
-    figures for a restated version.
+    Income and cash flows are year to date, as the reports state them: the
+    sum of the year's quarters up to this one, each quarter drawn on its own.
+    A figure that cannot be negative in a quarter (revenue, a cost) therefore
+    never falls from one report of a year to the next, whatever the draws.
+    Totals are derived from rounded parts, so the accounting identities hold
+    to the fen in each quarter and so in the sums. ``bump`` scales the
+    period's figures for a restated version.
     """
     year, quarter = int(period[:4]), int(period[4:6]) // 3
-    u = random.Random(_seed(seed, s.code, period)).random
-    fin = s.comp_type != "1"
     years = year - 2023
     size = (1 + s.growth) ** years * (1 + 0.1 * (random.Random(_seed(seed, s.code, year)).random() - 0.5))
-    frac = sum((0.22, 0.24, 0.25, 0.29)[:quarter])
-    rev = s.revenue * size * frac * (1 + 0.04 * (u() - 0.5)) * (1 + bump)
-    t = frac  # share of the year's time-proportional flows
+    quarters = []
+    for q in range(quarter):
+        u = random.Random(_seed(seed, s.code, f"{year}{_QUARTER_ENDS[q]}", "flows")).random
+        share = _QUARTER_SHARES[q]
+        rev = s.revenue * size * share * (1 + 0.04 * (u() - 0.5)) * (1 + bump)
+        quarters.append(_quarter_flows(u, s, rev, share))
+    i = _year_to_date([q[0] for q in quarters])
+    c = _year_to_date([q[1] for q in quarters])
+    attr = i["n_income_attr_p"]
+    i["basic_eps"] = round(attr / s.shares, 4)
+    i["diluted_eps"] = i["basic_eps"] if not s.minority else round(attr / s.shares * 0.99, 4)
+    c["c_cash_equ_beg_period"] = beg = _r2(s.assets * 0.12 * (1 + s.growth) ** years)
+    c["c_cash_equ_end_period"] = _r2(beg + c["n_incr_cash_cash_equ"])
+    u = random.Random(_seed(seed, s.code, period)).random
+    return i, _balance(u, s, years + quarter / 4, bump, c["c_cash_equ_end_period"]), c
 
+
+def _year_to_date(quarters):
+    """Sum each figure over the quarters; NaN where no quarter has it."""
+    out = {}
+    for name in quarters[0]:
+        values = [q[name] for q in quarters if q[name] == q[name]]
+        out[name] = _r2(sum(values)) if values else NAN
+    return out
+
+
+def _quarter_flows(u, s, rev, t):
+    """One quarter's income and cash flow figures, from its revenue base ``rev``.
+
+    ``t`` is the quarter's share of the year's time-proportional flows.
+    """
+    fin = s.comp_type != "1"
     i = {}
     if fin:
         i["int_income"] = _r2(rev * (1.1 if s.comp_type == "2" else 0.2) * (0.9 + 0.2 * u()))
@@ -136,8 +169,6 @@ def _statements(seed, s, period, bump=0.0):
     amort = _r2(s.assets * 0.008 * t * (0.5 + 0.5 * u()))
     i["ebit"] = ebit = _r2(tp + _nz(i["fin_exp_int_exp"]))
     i["ebitda"] = _r2(ebit + depr + amort)
-    i["basic_eps"] = round(attr / s.shares, 4)
-    i["diluted_eps"] = i["basic_eps"] if not s.minority else round(attr / s.shares * 0.99, 4)
 
     c = {"net_profit": ni, "finan_exp": _nz(i["fin_exp_int_exp"]), "depr_fa_coga_dpba": depr,
          "amort_intang_assets": amort}
@@ -173,10 +204,8 @@ def _statements(seed, s, period, bump=0.0):
     c["eff_fx_flu_cash"] = _r2(total_rev * 0.001 * (u() - 0.5)) if u() < 0.5 else NAN
     c["n_incr_cash_cash_equ"] = _r2(c["n_cashflow_act"] + c["n_cashflow_inv_act"] + c["n_cash_flows_fnc_act"]
                                     + _nz(c["eff_fx_flu_cash"]))
-    c["c_cash_equ_beg_period"] = beg = _r2(s.assets * 0.12 * (1 + s.growth) ** years)
-    c["c_cash_equ_end_period"] = _r2(beg + c["n_incr_cash_cash_equ"])
     c["free_cashflow"] = _r2(c["n_cashflow_act"] - capex)
-    return i, _balance(u, s, years + quarter / 4, bump, c["c_cash_equ_end_period"]), c
+    return i, c
 
 
 def _balance(u, s, years, bump, cash_end):
