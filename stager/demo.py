@@ -23,6 +23,7 @@ import click
 import psutil
 
 from . import staging
+from .command import UserError
 from .config import load_config
 from .exceptions import ConfigError
 from .ops import read_snapshot
@@ -35,19 +36,13 @@ COLUMNS = (("enqueued", "enqueued"), ("committed", "committed"), ("superseded", 
            ("dead-\nlettered", "deadlettered"))
 
 
-class _Refused(click.ClickException):
-    """A configuration the demo cannot run with: one line on stderr, exit 2."""
-
-    exit_code = 2
-
-
 def _load_config(config_path):
     # Not the stager command's loader: the demo uses duckstage as an application
-    # would, and must keep working whatever shape the command module takes.
+    # would, and must keep working whatever shape the stager command takes.
     try:
         return load_config(config_path)
     except ConfigError as exc:
-        raise _Refused(f"configuration refused: {exc}") from None
+        raise UserError(f"configuration refused: {exc}") from None
 
 
 class Child:

@@ -522,7 +522,7 @@ def test_stager_produce_runs_from_an_installed_copy(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "stock_daily:" in done.stdout
 
-    huey, _ = build_huey(load_config(work / "duckstage.yaml", cwd=work))
+    huey, _ = build_huey(load_config(work / "duckstage.yaml"))
     try:
         assert huey.pending_count() == len(list(generate(**small)))
     finally:
