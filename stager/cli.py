@@ -164,7 +164,7 @@ def produce(**options):
     config = load("stager")
     huey, enqueue = build_huey(config)
     try:
-        counts = enqueue_all(enqueue, generate(**options))
+        counts = enqueue_all(enqueue, generate(**options, datasets=config.datasets))
     finally:
         huey.storage.close()
     for task_type, c in counts.items():

@@ -151,9 +151,9 @@ def main(config_path, stocks, days, seed, bad_share, start):
                 if total % 20 == 0:
                     refresh()
 
-            counts = produce(enqueue, generate(stocks=stocks, days=days, seed=seed, bad_share=bad_share,
-                                                      start=start.strftime("%Y%m%d")),
-                             progress=on_batch)
+            batches = generate(stocks=stocks, days=days, seed=seed, bad_share=bad_share,
+                               start=start.strftime("%Y%m%d"), datasets=config.datasets)
+            counts = produce(enqueue, batches, progress=on_batch)
             total = sum(v["rows"] for v in counts.values())
             progress.update(enq, total=total, completed=total, n=total)
 

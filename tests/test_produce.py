@@ -17,6 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pyarrow as pa
 import pytest
+import yaml
 
 from stager.config import load_config
 from stager.datasets import load_datasets
@@ -525,6 +526,30 @@ def test_stager_produce_runs_from_an_installed_copy(tmp_path):
     huey, _ = build_huey(load_config(work / "duckstage.yaml"))
     try:
         assert huey.pending_count() == len(list(generate(**small)))
+    finally:
+        huey.storage.close()
+
+
+def test_stager_produce_generates_only_the_task_types_the_configuration_declares(tmp_path):
+    # A datasets file without the statements: the queue would refuse them.
+    raw = yaml.safe_load((CONFIG_DIR / "datasets.yaml").read_text(encoding="utf-8"))
+    for name in ("income", "balancesheet", "cashflow"):
+        del raw["datasets"][name]
+    (tmp_path / "datasets.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    (tmp_path / "duckstage.yaml").write_text("data_dir: data\ndatasets: datasets.yaml\n")
+    run = dict(stocks=10, days=12, seed=1, start="20240425")  # the annual and Q1 reports fall due
+    done = subprocess.run([sys.executable, "-m", "stager", "--config", "duckstage.yaml", "produce",
+                           *(f"--{k}={v}" for k, v in run.items())],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    declared = [TaskType.STOCK_BASIC, TaskType.STOCK_DAILY, TaskType.DAILY_BAR_QFQ, TaskType.DAILY_BAR_NONE]
+    assert {b.task_type for b in generate(**run)} > set(declared)  # the run has statements to leave out
+    config = load_config(tmp_path / "duckstage.yaml")
+    huey, _ = build_huey(config)
+    try:
+        assert Counter(t.args[0].value for t in huey.pending()) == \
+            Counter(b.task_type.value for b in generate(**run, task_types=declared))
     finally:
         huey.storage.close()
 

@@ -12,17 +12,19 @@ from .universe import draw_universe, fetch_stock_basic
 
 
 def generate(stocks=5400, days=250, seed=0, bad_share=0.0, start="20240102", rows_per_task=1000, *,
-             task_types=None, bar_every=20, bar_overlap=5, bar_share=1.0, qfq_refetch_days=120,
-             retry_share=0.02, restate_share=0.05):
+             task_types=None, datasets=None, bar_every=20, bar_overlap=5, bar_share=1.0,
+             qfq_refetch_days=120, retry_share=0.02, restate_share=0.05):
     """Yield the batches of ``days`` trading days of a downloader's work, in enqueue order.
 
     ``stocks`` listed stocks at the start (plus ~2%/year IPOs, ~1%/year
     delistings during the run, and 5% delisted long ago); ``days`` trading days
     from ``start`` (YYYYMMDD). ``rows_per_task`` caps whole-market fetches per
     task. ``task_types`` (names or TaskType) limits what is emitted without
-    changing it. Bars: each of a ``bar_share`` of the stocks is fetched every
-    ``bar_every`` trading days over its new rows plus ``bar_overlap`` old ones;
-    after an ex-date the qfq fetch covers the last ``qfq_refetch_days`` rows;
+    changing it, and so do ``datasets`` (a loaded configuration's): a task
+    type they do not declare is left out, as the queue would refuse it.
+    Bars: each of a ``bar_share`` of the stocks is fetched every ``bar_every``
+    trading days over its new rows plus ``bar_overlap`` old ones; after an
+    ex-date the qfq fetch covers the last ``qfq_refetch_days`` rows;
     ``retry_share`` of qfq fetches are followed by a late re-fetch of the
     previous window. ``restate_share`` of reports get a correction.
     """
@@ -31,6 +33,8 @@ def generate(stocks=5400, days=250, seed=0, bad_share=0.0, start="20240102", row
     if not 0.0 <= bad_share < 1.0:
         raise ValueError("bad_share must be in [0, 1)")
     wanted = set(TaskType) if task_types is None else {TaskType(t) for t in task_types}
+    if datasets is not None:
+        wanted = {t for t in wanted if t.value in datasets}
     rng = random.Random(seed)
     cal = trading_days(start, days)
     universe = draw_universe(rng, stocks, days, cal)
