@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,6 +304,8 @@ class _Wake(FileSystemEventHandler):
 class Watcher:
     """A watchdog observer on ``staging/`` that sets ``wake`` when a file is sealed."""
 
+    grace = 2.0  # seconds an emitter gets at stop to hand over its last event
+
     def __init__(self, staging_dir, wake):
         self.staging_dir = Path(staging_dir)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
@@ -313,5 +316,24 @@ class Watcher:
         self.observer.start()
 
     def stop(self, timeout=5):
+        """Stop the emitters before the observer, each one after the event in its hands.
+
+        ``observer.stop()`` alone pulls the inotify watch from under an
+        emitter that may be handing over an event (a move out of staging/ is
+        held back half a second to be paired with its other half), and the
+        emitter logs that as an ERROR. Asked first, an emitter leaves its loop
+        after that event; a touch of the watched folder hands an idle one the
+        event it needs to notice. Only then are the watches removed.
+        """
+        deadline = time.monotonic() + timeout
+        emitters = list(self.observer.emitters)
+        for emitter in emitters:
+            emitter.stopped_event.set()
+        try:
+            os.utime(self.staging_dir)
+        except OSError as exc:  # staging/ gone: the emitter has had its last event anyway
+            log.debug("cannot touch %s to wake the watcher: %s", self.staging_dir, exc)
+        for emitter in emitters:
+            emitter.join(max(0.0, min(self.grace, deadline - time.monotonic())))
         self.observer.stop()
-        self.observer.join(timeout)
+        self.observer.join(max(0.0, deadline - time.monotonic()))

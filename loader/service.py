@@ -386,9 +386,6 @@ class Loader:
         deadline = time.monotonic() + timeout
         self.stopped_event.set()
         self.wake.set()
-        if self._watcher is not None:
-            self._watcher.stop(timeout)
-            self._watcher = None
         alive = False
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
@@ -396,6 +393,10 @@ class Loader:
             self._thread = None
         else:
             self.warehouse.close()
+        # The watcher after the step: the step's own moves out of staging/ are events it would be handed.
+        if self._watcher is not None:
+            self._watcher.stop(max(0.0, deadline - time.monotonic()))
+            self._watcher = None
         if self.ops is not None:
             self.ops.stop()
             self.ops = None
