@@ -4,29 +4,110 @@ A directory is a state and a file changes state by an atomic rename, then the
 folder is fsynced, so a crash leaves each file in exactly one place. The move
 happens only after the transaction that decided it has committed; a file that
 is merged but not yet archived is recognised by the manifest next time.
+
+``staging/`` may sit on another file system than ``archive/`` (a fast disk for
+staging, a large one for the archive), where no rename crosses. There a move
+is a copy under a temporary name in the destination folder, fsync, rename,
+fsync of the folder, and only then the removal of the source. A crash before
+the rename leaves a temporary file, which nothing takes for an archived file
+and the next attempt replaces; a crash after it leaves the file in both
+places, and the manifest, which says it is loaded, has the next step finish
+the move without merging it again.
+
+A move that fails (archive/ not writable, disk full) raises FilingFailed, so
+the loader pauses as for a busy database instead of spinning on it.
 """
 
 import datetime as dt
+import errno
+import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
+import time
 from pathlib import Path
 
-from stager.staging import StagedFile, fsync_dir
+from stager.staging import SUFFIX, StagedFile, fsync_dir, tmp_path
+
+from .exceptions import FilingFailed
 
 log = logging.getLogger(__name__)
 
+REPORT_SUFFIX = ".error.json"
+COPY_CHUNK = 1 << 20
+# A file that cannot be read and changed this recently is taken to be still
+# arriving (copied into staging/ by hand, not sealed by a rename) and is left
+# for a later step; one that has sat still this long is damaged.
+ARRIVING_SECONDS = 5.0
+_PARQUET_END = b"PAR1"  # the last bytes of every complete Parquet file
 
-def _move(src, folder):
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / src.name
+
+def _name_max(folder):
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _fits(folder, name):
+    return len(os.fsencode(name)) <= _name_max(folder)
+
+
+def _shortened(name):
+    """A short stand-in for a name too long for the files that go with it.
+
+    ``~`` never appears in a sealed name, so the stand-in never passes for one.
+    """
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    return f"{stem[:96]}~{digest}{SUFFIX}"
+
+
+def _temporary(dest):
+    """``.<name>.tmp`` beside ``dest``, shortened where the file system's name limit needs it."""
+    tmp = tmp_path(dest)
+    if not _fits(dest.parent, tmp.name):
+        tmp = tmp_path(dest.with_name(_shortened(dest.name)))
+    return tmp
+
+
+def _move(src, dest):
+    """Move ``src`` to ``dest``; None if ``src`` is gone (a concurrent `loader reload` moved it first)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(src, dest)
     except FileNotFoundError:
-        # Someone else (a concurrent `loader reload`) moved it first.
         return None
-    fsync_dir(folder)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        return _copy_across(src, dest)
+    fsync_dir(dest.parent)
+    fsync_dir(src.parent)
+    return dest
+
+
+def _copy_across(src, dest):
+    """Move ``src`` to ``dest`` on another file system (see the module docstring)."""
+    tmp = _temporary(dest)
+    try:
+        source = open(src, "rb")
+    except FileNotFoundError:
+        return None
+    with source:
+        try:
+            with open(tmp, "wb") as copy:
+                shutil.copyfileobj(source, copy, COPY_CHUNK)
+                copy.flush()
+                os.fsync(copy.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    fsync_dir(dest.parent)
+    src.unlink(missing_ok=True)
     fsync_dir(src.parent)
     return dest
 
@@ -61,29 +142,78 @@ def archive_path(archive_dir, path):
 def archive(archive_dir, path):
     """Move a loaded file to ``archive/<task_type>/<yyyy-mm-dd>/`` (its seal day, UTC)."""
     path = Path(path)
-    return _move(path, archive_path(archive_dir, path).parent)
+    try:
+        return _move(path, archive_path(archive_dir, path))
+    except OSError as exc:
+        raise FilingFailed("archive", path, exc) from exc
+
+
+def quarantined_name(quarantine_dir, task_type, name):
+    """The name a refused file ``name`` has in ``quarantine/<task_type>/``.
+
+    Its own, unless that is too long for its error report's temporary name on
+    this file system; then a shortened one (the report keeps the original).
+    """
+    longest = tmp_path(Path(name + REPORT_SUFFIX)).name
+    return name if _fits(Path(quarantine_dir) / task_type, longest) else _shortened(name)
+
+
+def report_path(quarantine_dir, task_type, name):
+    """The error report of the refused file ``name``."""
+    return Path(quarantine_dir) / task_type / (quarantined_name(quarantine_dir, task_type, name) + REPORT_SUFFIX)
 
 
 def quarantine(quarantine_dir, task_type, path, refused, now=None):
     """Move a refused file to ``quarantine/<task_type>/`` with ``<name>.error.json`` beside it."""
     path = Path(path)
     folder = Path(quarantine_dir) / task_type
-    folder.mkdir(parents=True, exist_ok=True)
-    report = {
-        "file": path.name,
-        "from": str(path),
-        "task_type": task_type,
-        "error": refused.error,
-        "what_to_do": refused.action,
-        "quarantined_at": (now or dt.datetime.now(dt.timezone.utc)).isoformat(),
-    }
-    report_path = folder / (path.name + ".error.json")
-    tmp = report_path.with_name("." + report_path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, report_path)
-    dest = _move(path, folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        kept_as = quarantined_name(quarantine_dir, task_type, path.name)
+        report = {
+            "file": path.name,
+            "from": str(path),
+            "task_type": task_type,
+            "error": refused.error,
+            "what_to_do": refused.action,
+            "quarantined_at": (now or dt.datetime.now(dt.timezone.utc)).isoformat(),
+        }
+        if kept_as != path.name:
+            report["quarantined_as"] = kept_as
+            report["what_to_do"] += (f" (kept as {kept_as}: its own name is too long for its error report here;"
+                                     " give it back that name when you move it back to staging/)")
+        report_file = folder / (kept_as + REPORT_SUFFIX)
+        tmp = tmp_path(report_file)
+        tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, report_file)
+        dest = _move(path, folder / kept_as)
+    except OSError as exc:
+        raise FilingFailed("quarantine", path, exc) from exc
     log.warning("quarantined %s: %s", path.name, refused.error)
     return dest
+
+
+def still_arriving(path, now=None):
+    """True if ``path`` looks like a file still being written: incomplete and changed moments ago.
+
+    Asked only of a file that cannot be read, before it is quarantined as damaged.
+    """
+    now = time.time() if now is None else now
+    try:
+        # O_NONBLOCK: whatever sits at this name (a FIFO even) must not hold the loader.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime >= ARRIVING_SECONDS:
+            return False
+        return st.st_size < len(_PARQUET_END) or os.pread(fd, len(_PARQUET_END), st.st_size - len(_PARQUET_END)) \
+            != _PARQUET_END
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def quarantined(quarantine_dir):
@@ -92,11 +222,11 @@ def quarantined(quarantine_dir):
     root = Path(quarantine_dir)
     if not root.is_dir():
         return out
-    for report in sorted(root.glob("*/*.error.json")):
+    for report in sorted(root.glob("*/*" + REPORT_SUFFIX)):
         try:
             body = json.loads(report.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            body = {"file": report.name[: -len(".error.json")], "error": "unreadable error report"}
+            body = {"file": report.name[: -len(REPORT_SUFFIX)], "error": "unreadable error report"}
         out.setdefault(report.parent.name, []).append(body)
     return out
 

@@ -4,9 +4,15 @@ One step, ``run_once``, scans ``staging/``, and loads every pending file of
 every task type; a supervisor thread loops it, woken early by the watchdog
 observer and put to sleep on an event so ``stop`` wakes it at once. The
 database is released when idle for ``idle_release`` seconds, so a person can
-open it with the ``duckdb`` CLI; while someone else holds it the loader backs
-off and retries, slowly and for ever after ``max_retries``, and says so in
-status. Nothing is dropped while it waits: the files stay in ``staging/``.
+open it with the ``duckdb`` CLI. Nothing is dropped while the loader waits:
+the files stay in ``staging/``.
+
+Waiting out a failure. A step that fails for want of a resource (the database
+held by another process, a commit that cannot be written, ``archive/`` or
+``quarantine/`` that takes no file, a folder that cannot be read) is retried
+with one backoff: ``retry_delay``, doubled at each attempt up to
+``retry_max_delay``, and every ``retry_max_delay`` once past ``max_retries``
+(status says "slowly" then). The database is released meanwhile.
 
 Live configuration: between steps the loader re-reads its config file when it
 changed or when SIGHUP asked (``reload_requested``), and applies the live
@@ -25,6 +31,7 @@ import os
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,10 +40,11 @@ from stager.backoff import Backoff
 from stager.config import ConfigWatcher
 from stager.datasets import FETCHED_AT
 from stager.ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
+from stager.staging import remove_leftovers
 
 from . import filing
 from .discovery import Watcher, not_staged, scan, unknown_folders
-from .exceptions import DatabaseBusy
+from .exceptions import DatabaseBusy, FilingFailed
 from .load import Outcome, load_files
 from .warehouse import Warehouse
 
@@ -44,10 +52,22 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT = "loader.json"
 CONFIG_POLL = 1.0  # seconds between checks of the config file while the loader sleeps
+RECHECK = 1.0  # seconds before another look at files a step left for later (still arriving)
 
 
 def _utcnow():
     return dt.datetime.now(dt.timezone.utc)
+
+
+class _Halt:
+    """``stop`` for one task type's load: a stop was asked for, or a move failed (the next would too)."""
+
+    def __init__(self, stopped):
+        self.stopped = stopped
+        self.failed = []  # FilingFailed
+
+    def is_set(self):
+        return self.stopped.is_set() or bool(self.failed)
 
 
 class Loader:
@@ -66,8 +86,9 @@ class Loader:
         self._lock = threading.Lock()  # run_once is not re-entrant
         self._last_active = None
         self._last_sweep = None
-        self._retry = None  # {error, attempts, delay, slow, since}
+        self._retry = None  # {what, error, attempts, delay, slow, since, next_at}
         self._pending = {}
+        self._handled = 0  # files the last step took out of staging/
         self.totals = Outcome()
         self.last_load = None
         self.rate = None
@@ -90,18 +111,19 @@ class Loader:
         """Scan staging/ and load what is pending. Returns the number of files that left staging/."""
         now = self.clock() if now is None else now
         with self._lock:
+            handled = 0
             try:
                 handled = self._step(now)
             except DatabaseBusy as exc:
-                self._busy(exc, now)
-                handled = 0
-            except OSError as exc:  # staging/ or archive/ unreadable, disk full: retry, drop nothing
-                self._busy(exc, now, what="file system error")
-                handled = 0
+                self._busy(exc, now, "database busy")
+            except FilingFailed as exc:
+                self._busy(exc, now, f"{exc.what} failing")
+            except OSError as exc:  # staging/ unreadable, disk full: retry, drop nothing
+                self._busy(exc, now, "file system error")
             except Exception as exc:  # noqa: BLE001 - a bug must not end the loader; files stay staged
                 log.exception("unexpected error in the load step; retrying with backoff")
-                self._busy(exc, now, what="unexpected error")
-                handled = 0
+                self._busy(exc, now, "unexpected error")
+            self._handled = handled
             self._write_status()
             return handled
 
@@ -114,46 +136,58 @@ class Loader:
             if self.warehouse.is_open and now - (self._last_active or now) >= self.config.loader.idle_release:
                 self.warehouse.close()
                 log.info("idle: released %s", self.warehouse.path)
-            self.state = "retrying" if self._retry else "idle"
+            self._recovered()  # what was waited for has left staging/ some other way
+            self.state = "idle"
             return 0
         self.state = "loading"
-        self.warehouse.open()
         done = Outcome()
+        unfiled = []  # moves that failed: the task types they ended, the retry they call for
         for task_type, paths in pending.items():
             if self.stopped_event.is_set():
                 break
+            self.warehouse.open()
             fetched = {}  # file name -> (oldest, newest) fetch time, read at commit
+            halt = _Halt(self.stopped_event)
             try:
                 out = load_files(self.warehouse, self.config.datasets[task_type], paths, self.config,
-                                 settle=lambda p, fetched=fetched: self._settle(p, fetched),
-                                 stop=self.stopped_event)
+                                 settle=lambda p, fetched=fetched, halt=halt: self._settle(p, fetched, halt),
+                                 stop=halt)
             except DatabaseBusy:
                 self.by_type[task_type]["batches_failed"] += 1
                 raise
+            except FilingFailed as exc:  # a refused file could not be quarantined: the other task types go on
+                unfiled.append(exc)
+                continue
             done.add(out)
             self._account(task_type, out, fetched)
-        if self._retry:
-            log.info("database available again after %d retries", self._retry["attempts"])
-        self._retry = None
-        self.backoff.reset()
+            unfiled += halt.failed
         self.totals.add(done)
         if done.seconds > 0:
             self.rate = round(done.rows / done.seconds)
-        self.manifest = self.warehouse.manifest_totals()
+        if self.warehouse.is_open:  # not when a stop came before the first task type
+            self.manifest = self.warehouse.manifest_totals()
         self._pending = {t: n for t, n in ((t, len(scan(self.config.staging_dir, [t])[t])) for t in pending) if n}
         self._last_active = self.clock()
+        if unfiled:
+            raise unfiled[0]
+        self._recovered()
         if self.config.loader.idle_release == 0:
             self.warehouse.close()
         self.state = "idle"
         return done.files
 
-    def _settle(self, path, fetched):
+    def _settle(self, path, fetched, halt):
         """After the commit that loaded ``path``: note its rows' fetch times, then archive it."""
+        if halt.failed:
+            return  # the move before failed; this one waits in staging/ for the retry
         committed = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         span = _fetch_span(path)
         if span is not None:
             fetched[os.path.basename(path)] = (committed - span[0], committed - span[1])
-        filing.archive(self.config.archive_dir, path)
+        try:
+            filing.archive(self.config.archive_dir, path)
+        except OSError as exc:
+            halt.failed.append(exc if isinstance(exc, FilingFailed) else FilingFailed("archive", Path(path), exc))
 
     def _account(self, task_type, out, fetched):
         """Fold one task type's load into the figures status and metrics show."""
@@ -167,9 +201,8 @@ class Loader:
             from .metrics import quarantine_reason
 
             reasons = self.quarantine_reasons.setdefault(task_type, Counter())
-            folder = self.config.quarantine_dir / task_type
             for name in out.quarantined:
-                report = _read_report(folder / (name + ".error.json"))
+                report = _read_report(filing.report_path(self.config.quarantine_dir, task_type, name))
                 reasons[quarantine_reason(report.get("error", ""))] += 1
         if not out.loaded:
             return
@@ -188,7 +221,7 @@ class Loader:
                         "files": len(out.loaded), "rows": out.rows, "inserted": out.inserted,
                         "updated": out.updated, "lag_seconds": self.last_lag.get(task_type, {}).get("oldest")})
 
-    def _busy(self, exc, now, what="database busy"):
+    def _busy(self, exc, now, what):
         self.warehouse.close()  # release, so whoever holds it can finish
         self.retries += 1
         attempts = self.backoff.attempts + 1
@@ -197,12 +230,20 @@ class Loader:
         if slow:
             self.backoff.attempts = attempts
         since = self._retry["since"] if self._retry else _utcnow().isoformat()
-        self._retry = {"error": str(exc).splitlines()[0], "attempts": attempts, "delay": delay,
+        self._retry = {"what": what, "error": str(exc).splitlines()[0], "attempts": attempts, "delay": delay,
                        "slow": slow, "since": since, "next_at": now + delay}
         self.state = "retrying"
         log.warning("%s (attempt %d%s), retrying in %.1fs: %s", what, attempts,
                     ", past max_retries: retrying slowly" if slow else "", delay, self._retry["error"],
-                    extra={"event": "database_busy", "attempts": attempts, "delay": delay})
+                    extra={"event": "database_busy" if what == "database busy" else "retrying", "reason": what,
+                           "attempts": attempts, "delay": delay})
+
+    def _recovered(self):
+        if self._retry:
+            log.info("%s: resolved after %d retries", self._retry["what"], self._retry["attempts"],
+                     extra={"event": "recovered", "reason": self._retry["what"]})
+        self._retry = None
+        self.backoff.reset()
 
     def _sweep(self):
         today = _utcnow().date()
@@ -210,13 +251,17 @@ class Loader:
             self._last_sweep = today
             for day in filing.sweep_archive(self.config.archive_dir, self.config.loader.archive_retention_days):
                 log.info("archive retention: removed %s", day)
+            for folder in (self.config.archive_dir, self.config.quarantine_dir):
+                for leftover in remove_leftovers(folder):  # a move or a report a crash cut short
+                    log.info("removed the leftover %s", leftover)
 
     def next_delay(self):
         """How long the supervisor may sleep before the next step."""
         if self._retry:
             return max(0.0, self._retry["next_at"] - self.clock())
         if self._pending:
-            return 0.0
+            # Straight on while steps take files; files a step left (still arriving) are looked at again soon.
+            return 0.0 if self._handled else min(RECHECK, self.config.loader.rescan_interval)
         delay = self.config.loader.rescan_interval
         if self.warehouse.is_open:
             release_at = (self._last_active or self.clock()) + self.config.loader.idle_release
@@ -312,7 +357,9 @@ class Loader:
             if reason:
                 problems.append(f"{label}: {reason}")
         if self._retry:
-            problems.append(f"database not openable (retry {self._retry['attempts']}): {self._retry['error']}")
+            r = self._retry
+            what = "database not openable" if r["what"] == "database busy" else r["what"]
+            problems.append(f"{what} (retry {r['attempts']}): {r['error']}")
         elif not self.warehouse.is_open and self._lock.acquire(blocking=False):
             # Idle with the database released: check it opens, without racing a step.
             try:

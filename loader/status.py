@@ -96,7 +96,7 @@ def render(st):
     if st["retry"]:
         r = st["retry"]
         pace = "slowly, past max_retries" if r["slow"] else "with backoff"
-        lines.append(f"  database busy since {r['since']}: retry {r['attempts']} {pace},"
+        lines.append(f"  {r.get('what', 'database busy')} since {r['since']}: retry {r['attempts']} {pace},"
                      f" every {r['delay']:g}s: {r['error']}")
     lines += [f"  {line}" for line in process_config_lines(st, st["configuration"], lo["running"])]
     if st["database_busy"]:

@@ -1,6 +1,9 @@
 """Bad files go to quarantine and the rest loads; a busy database is retried, never dropped."""
 
 import json
+import os
+import time
+
 import pyarrow as pa
 
 from loader import Loader
@@ -27,6 +30,8 @@ def test_bad_files_are_quarantined_and_the_rest_loads(config, stage):
                    .drop_columns(["ts_code"]))
     wrong_folder = stage("stock_daily", [daily("000006.SZ", 2, 10.0)], name="stock_basic")
     good2 = stage("stock_daily", [daily("000007.SZ", 2, 10.0)])
+    for damaged in (truncated, not_parquet):  # damaged a while ago, not still being copied in
+        os.utime(damaged, (time.time() - 60, time.time() - 60))
 
     loader = Loader(config)
     loader.run_once()
