@@ -96,6 +96,7 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
                 raise FileRefused(f"{Path(path).name!r} vanished while it was being replayed",
                                   "find out what removed it, restore it and run the rebuild again") from None
             continue  # moved by a concurrent reload since the scan
+        progress(0, 0)  # a file read through: a sign of life for the step watch
     files.sort(key=lambda f: f.staged)
 
     if mode == LOAD and files:

@@ -12,7 +12,20 @@ held by another process, a commit that cannot be written, ``archive/`` or
 ``quarantine/`` that takes no file, a folder that cannot be read) is retried
 with one backoff: ``retry_delay``, doubled at each attempt up to
 ``retry_max_delay``, and every ``retry_max_delay`` once past ``max_retries``
-(status says "slowly" then). The database is released meanwhile.
+(status says "slowly" then). The database is released meanwhile. A wait is a
+wait: a newly sealed file does not cut it short. But while the database would
+not even open, the loader tries to open it every ``retry_delay`` between
+attempts and goes on at once when it does, so it resumes within
+``retry_delay`` of the database being released.
+
+The step watch. A step that has made no progress (no file inspected, merged,
+archived or quarantined) for ``stuck_after`` seconds is reported by
+``/healthz`` and by ``loader status``: something holds it (a file that
+blocks on read, a hung disk). ``stuck_after`` is derived from the one key
+that bounds the work between two signs of progress, the transaction:
+``max_rows_per_transaction`` rows at 2,000 rows a second (far below any
+measured pace), and never under two minutes (500 s with the default
+1,000,000 rows); an application hosting a ``Loader`` may pass its own.
 
 Live configuration: between steps the loader re-reads its config file when it
 changed or when SIGHUP asked (``reload_requested``), and applies the live
@@ -20,7 +33,8 @@ changed or when SIGHUP asked (``reload_requested``), and applies the live
 invalid edit is refused with the reason (in status) and the old values stay.
 
 ``get_status()`` is the one source of the numbers: the snapshot
-``run/loader.json`` that ``loader status`` reads, and ``/metrics`` when
+``run/loader.json`` that ``loader status`` reads (written when a step starts
+loading, as it goes, and after it), and ``/metrics`` when
 ``loader.metrics_port`` is set (loader.metrics).
 """
 
@@ -53,6 +67,9 @@ log = logging.getLogger(__name__)
 SNAPSHOT = "loader.json"
 CONFIG_POLL = 1.0  # seconds between checks of the config file while the loader sleeps
 RECHECK = 1.0  # seconds before another look at files a step left for later (still arriving)
+PROGRESS_WRITE = 1.0  # at most one status snapshot a second while a step makes progress
+STUCK_FLOOR = 120.0  # a step is never called stuck sooner (seconds without progress)
+STUCK_PACE = 2000.0  # rows a second: a transaction slower than this counts as stuck
 
 
 def _utcnow():
@@ -73,7 +90,7 @@ class _Halt:
 class Loader:
     """Loads sealed files into the warehouse, each exactly once."""
 
-    def __init__(self, config, connect=None, clock=time.monotonic):
+    def __init__(self, config, connect=None, clock=time.monotonic, stuck_after=None):
         self.config = config
         self.warehouse = Warehouse(config.loader.database, **({"connect": connect} if connect else {}))
         self.clock = clock
@@ -86,9 +103,14 @@ class Loader:
         self._lock = threading.Lock()  # run_once is not re-entrant
         self._last_active = None
         self._last_sweep = None
-        self._retry = None  # {what, error, attempts, delay, slow, since, next_at}
+        self._retry = None  # {what, error, attempts, delay, slow, since, next_at, probe}
         self._pending = {}
         self._handled = 0  # files the last step took out of staging/
+        self.stuck_after = stuck_after  # None: derived from max_rows_per_transaction
+        self._step_at = None  # clock() when the running step began; None between steps
+        self._progress_at = None  # clock() of the running step's last progress
+        self._loading = None  # {task_type, files, done, since} while a task type loads
+        self._written_at = 0.0  # clock() of the last status snapshot
         self.totals = Outcome()
         self.last_load = None
         self.rate = None
@@ -111,11 +133,14 @@ class Loader:
         """Scan staging/ and load what is pending. Returns the number of files that left staging/."""
         now = self.clock() if now is None else now
         with self._lock:
+            self._progress_at = self._step_at = self.clock()
             handled = 0
             try:
                 handled = self._step(now)
             except DatabaseBusy as exc:
-                self._busy(exc, now, "database busy")
+                # Failing to open, rather than failing mid-load, is worth a cheap
+                # probe between attempts: the database may be free long before the next one.
+                self._busy(exc, now, "database busy", probe=not self.warehouse.is_open)
             except FilingFailed as exc:
                 self._busy(exc, now, f"{exc.what} failing")
             except OSError as exc:  # staging/ unreadable, disk full: retry, drop nothing
@@ -123,6 +148,9 @@ class Loader:
             except Exception as exc:  # noqa: BLE001 - a bug must not end the loader; files stay staged
                 log.exception("unexpected error in the load step; retrying with backoff")
                 self._busy(exc, now, "unexpected error")
+            finally:
+                self._step_at = None
+                self._loading = None
             self._handled = handled
             self._write_status()
             return handled
@@ -145,13 +173,15 @@ class Loader:
         for task_type, paths in pending.items():
             if self.stopped_event.is_set():
                 break
+            self._loading = {"task_type": task_type, "files": len(paths), "done": 0, "since": _utcnow().isoformat()}
+            self._write_status()  # before the database: `loader status` says what a slow open waits for
             self.warehouse.open()
             fetched = {}  # file name -> (oldest, newest) fetch time, read at commit
             halt = _Halt(self.stopped_event)
             try:
                 out = load_files(self.warehouse, self.config.datasets[task_type], paths, self.config,
                                  settle=lambda p, fetched=fetched, halt=halt: self._settle(p, fetched, halt),
-                                 stop=halt)
+                                 stop=halt, progress=self._progressed)
             except DatabaseBusy:
                 self.by_type[task_type]["batches_failed"] += 1
                 raise
@@ -161,6 +191,7 @@ class Loader:
             done.add(out)
             self._account(task_type, out, fetched)
             unfiled += halt.failed
+        self._loading = None
         self.totals.add(done)
         if done.seconds > 0:
             self.rate = round(done.rows / done.seconds)
@@ -188,6 +219,15 @@ class Loader:
             filing.archive(self.config.archive_dir, path)
         except OSError as exc:
             halt.failed.append(exc if isinstance(exc, FilingFailed) else FilingFailed("archive", Path(path), exc))
+
+    def _progressed(self, files, rows):
+        """A file inspected, merged, archived or quarantined: the step is alive."""
+        now = self.clock()
+        self._progress_at = now
+        if self._loading is not None:
+            self._loading["done"] += files
+        if now - self._written_at >= PROGRESS_WRITE:
+            self._write_status()
 
     def _account(self, task_type, out, fetched):
         """Fold one task type's load into the figures status and metrics show."""
@@ -221,7 +261,7 @@ class Loader:
                         "files": len(out.loaded), "rows": out.rows, "inserted": out.inserted,
                         "updated": out.updated, "lag_seconds": self.last_lag.get(task_type, {}).get("oldest")})
 
-    def _busy(self, exc, now, what):
+    def _busy(self, exc, now, what, probe=False):
         self.warehouse.close()  # release, so whoever holds it can finish
         self.retries += 1
         attempts = self.backoff.attempts + 1
@@ -231,7 +271,7 @@ class Loader:
             self.backoff.attempts = attempts
         since = self._retry["since"] if self._retry else _utcnow().isoformat()
         self._retry = {"what": what, "error": str(exc).splitlines()[0], "attempts": attempts, "delay": delay,
-                       "slow": slow, "since": since, "next_at": now + delay}
+                       "slow": slow, "since": since, "next_at": now + delay, "probe": probe}
         self.state = "retrying"
         log.warning("%s (attempt %d%s), retrying in %.1fs: %s", what, attempts,
                     ", past max_retries: retrying slowly" if slow else "", delay, self._retry["error"],
@@ -244,6 +284,15 @@ class Loader:
                      extra={"event": "recovered", "reason": self._retry["what"]})
         self._retry = None
         self.backoff.reset()
+
+    def probe(self):
+        """Between attempts on a database that would not open: does it open now? (Then it stays open.)"""
+        with self._lock:
+            try:
+                self.warehouse.open()
+            except DatabaseBusy:
+                return False
+        return True
 
     def _sweep(self):
         today = _utcnow().date()
@@ -296,6 +345,8 @@ class Loader:
             "started_at": self.started_at,
             "updated_at": _utcnow().isoformat(),
             "state": self.state,
+            "loading": dict(self._loading) if self._loading else None,
+            "step": self._step_status(),
             "database": str(self.warehouse.path),
             "database_open": self.warehouse.is_open,
             "pending_files": dict(self._pending),
@@ -347,7 +398,40 @@ class Loader:
             problems.append("the loader thread is not running")
         if self._watcher is None or not self._watcher.observer.is_alive():
             problems.append("the staging watcher is not running")
+        stuck = self.stuck()
+        if stuck:
+            problems.append(stuck)
         return problems
+
+    @property
+    def stuck_limit(self):
+        """Seconds without progress after which the running step counts as stuck (module docstring)."""
+        if self.stuck_after is not None:
+            return self.stuck_after
+        return max(STUCK_FLOOR, self.config.loader.max_rows_per_transaction / STUCK_PACE)
+
+    def stuck(self):
+        """What holds the running step, if it has made no progress for longer than ``stuck_limit``; else None."""
+        started, last = self._step_at, self._progress_at
+        if started is None or last is None:
+            return None
+        quiet = self.clock() - last
+        if quiet <= self.stuck_limit:
+            return None
+        loading = self._loading
+        doing = f" (loading {loading['files']} file(s) of {loading['task_type']})" if loading else ""
+        return (f"the load step has made no progress for {quiet:.0f}s, over the {self.stuck_limit:g}s"
+                f" it may take{doing}: something holds it")
+
+    def _step_status(self):
+        """The running step, with wall-clock times: ``loader status`` judges a snapshot a stuck step stopped writing."""
+        started, last = self._step_at, self._progress_at
+        if started is None or last is None:
+            return None
+        now, wall = self.clock(), time.time()
+        return {"started_at": dt.datetime.fromtimestamp(wall - (now - started), dt.timezone.utc).isoformat(),
+                "progress_at": dt.datetime.fromtimestamp(wall - (now - last), dt.timezone.utc).isoformat(),
+                "stuck_after": self.stuck_limit, "stuck": self.stuck()}
 
     def ready(self):
         """Problems that keep the loader from loading (empty: ready): database, staging, archive."""
@@ -372,6 +456,7 @@ class Loader:
         return problems
 
     def _write_status(self):
+        self._written_at = self.clock()
         try:
             write_snapshot(self.config.run_dir / SNAPSHOT, self.get_status())
         except OSError as exc:
@@ -413,12 +498,29 @@ class Loader:
         log.info("loader stopped")
 
     def _sleep(self, delay):
-        """Wait up to ``delay`` for a wake-up, checking the config file every CONFIG_POLL seconds."""
+        """Wait up to ``delay``, checking the config file every CONFIG_POLL seconds.
+
+        Idle, a wake-up (a sealed file) ends the wait. Retrying, nothing but
+        the backoff does, or a probe that finds the database opening again.
+        """
         end = time.monotonic() + delay
+        probing = bool(self._retry and self._retry["probe"])
+        next_probe = time.monotonic() + self.config.loader.retry_delay
         while not self.stopped_event.is_set():
-            left = end - time.monotonic()
-            if left <= 0 or self.wake.wait(min(left, CONFIG_POLL)):
+            now = time.monotonic()
+            left = end - now
+            if left <= 0:
                 break
+            if self._retry is None:
+                if self.wake.wait(min(left, CONFIG_POLL)):
+                    break
+            elif probing and now >= next_probe:
+                if self.probe():
+                    break
+                next_probe = time.monotonic() + self.config.loader.retry_delay
+                continue
+            else:
+                self.stopped_event.wait(min(left, CONFIG_POLL, next_probe - now if probing else left))
             if self.check_config():
                 break  # new values (or a refusal to report): plan the next step again
         self.wake.clear()

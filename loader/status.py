@@ -6,6 +6,7 @@ after every step, and ``status`` reads that, the staging and quarantine
 folders, and the manifest itself when the database is free.
 """
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def _manifest(database):
         con.close()
 
 
+def _stuck(step):
+    """Seconds the running step has gone without progress, when past its limit; else None.
+
+    Judged here from the snapshot's times: a stuck step no longer writes one.
+    """
+    if not step:
+        return None
+    quiet = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(step["progress_at"])).total_seconds()
+    return round(quiet) if quiet > step["stuck_after"] else None
+
+
 def collect(config, snapshot_name="loader.json", refused=None):
     """Everything ``loader status`` shows, as one JSON-ready dict; ``refused``: the file's ConfigError, if any."""
     snap = read_snapshot(config.run_dir / snapshot_name)
@@ -75,6 +87,8 @@ def collect(config, snapshot_name="loader.json", refused=None):
         "rows_per_second": snap.get("rows_per_second") if snap else None,
         "since_start": snap.get("since_start") if running else None,
         "retry": snap.get("retry") if running else None,
+        "loading": snap.get("loading") if running else None,
+        "stuck": _stuck(snap.get("step")) if running else None,
         # The running loader's own figures, as its get_status() (and /metrics) has them.
         "task_types": snap.get("task_types") if running else None,
         "lag": snap.get("lag") if running else None,
@@ -93,6 +107,11 @@ def render(st):
     head = f"loader: {lo['state']}" + (f" (pid {lo['pid']})" if lo["running"] else "")
     lines.append(f"{head}, checked at {st['checked_at']}")
     lines += config_report_lines(st["configuration"], "loader", lo["running"])
+    if st.get("loading"):
+        ld = st["loading"]
+        lines.append(f"  loading {ld['task_type']}: {ld['done']} of {ld['files']} file(s) since {ld['since']}")
+    if st.get("stuck"):
+        lines.append(f"  stuck: the load step has made no progress for {st['stuck']}s; see /healthz and the log")
     if st["retry"]:
         r = st["retry"]
         pace = "slowly, past max_retries" if r["slow"] else "with backoff"
