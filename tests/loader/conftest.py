@@ -5,6 +5,8 @@ with the dataset's Arrow schema and footer), without the stager's service.
 """
 
 import datetime as dt
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -116,6 +118,26 @@ def loader_cmd(config_path, *args):
 def run_cli(config_path, *args, timeout=60):
     return subprocess.run(loader_cmd(config_path, *args), capture_output=True, text=True, timeout=timeout,
                           cwd=str(config_path.parent))
+
+
+def kill_9_lives(config_path, staging_dir, rng, lives, first=(0.5, 1.0)):
+    """``loader run``, killed with SIGKILL at random moments, life after life, until staging/ is empty.
+
+    Returns how many kills landed mid-work (some files loaded, some not).
+    """
+    mid_work = 0
+    for life in range(lives):
+        before = len(files_in(staging_dir))
+        if not before:
+            break
+        proc = subprocess.Popen(loader_cmd(config_path, "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Lives grow longer so the run always ends, whatever the machine's speed.
+        wait_for(lambda: proc.poll() is not None, rng.uniform(*first) + 0.1 * life)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        mid_work += 0 < len(files_in(staging_dir)) < before
+    return mid_work
 
 
 def wait_for(predicate, timeout=10.0, every=0.05):

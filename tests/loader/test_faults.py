@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -21,8 +20,8 @@ from loader import Loader, filing
 from loader.warehouse import MANIFEST
 from stager.staging import StagedFile
 
-from .conftest import (Stage, daily, files_in, hold_database, loader_cmd, make_config, query, release,
-                       run_cli, table, wait_for, write_config)
+from .conftest import (Stage, daily, files_in, hold_database, kill_9_lives, make_config, query, release, run_cli,
+                       table, wait_for, write_config)
 
 
 def _loads(config):
@@ -148,14 +147,7 @@ def test_kill_9_while_archiving_across_file_systems_converges(tmp_path, staging_
         stage("stock_daily", [daily(f"{rng.randint(1, 30):06d}.SZ", rng.randint(1, 28), float(n), minutes=n)
                               for _ in range(50)])
     total = len(files_in(config.staging_dir))
-    for life in range(30):
-        if not files_in(config.staging_dir):
-            break
-        proc = subprocess.Popen(loader_cmd(path, "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: proc.poll() is not None, rng.uniform(0.6, 1.2) + 0.1 * life)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_9_lives(path, config.staging_dir, rng, 30, first=(0.6, 1.2))
     assert files_in(config.staging_dir) == [], "not done after 30 lives"
     assert files_in(config.quarantine_dir) == []
     archived = [p for p in config.archive_dir.rglob("*") if p.is_file()]

@@ -1,7 +1,6 @@
 """The loader as a real process: watchdog, signals, status while running, the duckdb CLI, kill -9."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -11,8 +10,8 @@ import pytest
 from loader import Loader
 from loader.warehouse import MANIFEST
 
-from .conftest import (daily, duckdb_cli, files_in, hold_database, loader_cmd, make_config, query, release,
-                       run_cli, table, wait_for, write_config, Stage)
+from .conftest import (daily, duckdb_cli, files_in, hold_database, kill_9_lives, loader_cmd, make_config, query,
+                       release, run_cli, table, wait_for, write_config, Stage)
 
 
 def _count(config, name="stock_daily"):
@@ -172,19 +171,7 @@ def test_kill_9_at_random_moments_converges_to_a_crash_free_run(tmp_path, files)
     crash = make_config(tmp_path / "crash")
     _many_files(crash, seed=7, files=files)
     total = len(files_in(crash.staging_dir))
-    rng = random.Random(11)
-    mid_work = 0  # kills that left some files loaded and some not
-    for life in range(40):
-        before = len(files_in(crash.staging_dir))
-        if not before:
-            break
-        proc = subprocess.Popen(loader_cmd(path, "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Lives grow longer so the run always ends, whatever the machine's speed.
-        wait_for(lambda: proc.poll() is not None, rng.uniform(0.5, 1.0) + 0.1 * life)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        mid_work += 0 < len(files_in(crash.staging_dir)) < before
+    mid_work = kill_9_lives(path, crash.staging_dir, random.Random(11), 40)
     assert files_in(crash.staging_dir) == [], "not done after 40 lives"
     assert mid_work >= 1, "no kill landed while files were being loaded"
     assert files_in(crash.quarantine_dir) == []

@@ -9,8 +9,6 @@ must see a step in the middle.
 
 import datetime as dt
 import json
-import signal
-import subprocess
 import threading
 import time
 
@@ -158,25 +156,17 @@ def test_a_step_that_makes_no_progress_fails_healthz_and_status_says_so(tmp_path
         assert loader.stop(10)
 
 
-def test_a_clean_stop_logs_no_error_while_files_are_moving(tmp_path):
+def test_a_clean_stop_logs_no_error_while_files_are_moving(tmp_path, spawn):
     path = write_config(tmp_path)
     config = make_config(tmp_path)
     stage = Stage(config)
-    for run in range(3):  # the watcher's stop raced events in most runs: three catch it
-        err_path = tmp_path / f"loader-{run}.err"
-        with open(err_path, "w") as err:
-            proc = subprocess.Popen(loader_cmd(path, "run"), stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            assert wait_for(lambda: _snapshot(config).get("pid") == proc.pid, 20), err_path.read_text()
-            archived = len(files_in(config.archive_dir))
-            with Sealer(stage, every=0.02):  # sealed and archived all through the stop
-                assert wait_for(lambda: len(files_in(config.archive_dir)) > archived + 3, 20)
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        log = err_path.read_text()
+    for _ in range(3):  # the watcher's stop raced events in most runs: three catch it
+        proc = spawn("loader", path, "run")
+        assert wait_for(lambda: _snapshot(config).get("pid") == proc.proc.pid, 20), proc.log()
+        archived = len(files_in(config.archive_dir))
+        with Sealer(stage, every=0.02):  # sealed and archived all through the stop
+            assert wait_for(lambda: len(files_in(config.archive_dir)) > archived + 3, 20), proc.log()
+            assert proc.stop() == 0
+        log = proc.log()
         assert "loader stopped" in log
         assert not [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line], log
