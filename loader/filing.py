@@ -25,13 +25,12 @@ import json
 import logging
 import os
 import shutil
-import stat
 import time
 from pathlib import Path
 
 from stager.staging import SUFFIX, StagedFile, fsync_dir, tmp_path
 
-from .exceptions import FilingFailed
+from .exceptions import FileRefused, FilingFailed
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +90,12 @@ def _move(src, dest):
 
 def _copy_across(src, dest):
     """Move ``src`` to ``dest`` on another file system (see the module docstring)."""
-    tmp = _temporary(dest)
     try:
-        source = open(src, "rb")
+        copy_in(src, dest)
     except FileNotFoundError:
-        return None
-    with source:
-        try:
-            with open(tmp, "wb") as copy:
-                shutil.copyfileobj(source, copy, COPY_CHUNK)
-                copy.flush()
-                os.fsync(copy.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
+        if os.path.lexists(src):
             raise
-    fsync_dir(dest.parent)
+        return None  # a concurrent `loader reload` moved it first
     src.unlink(missing_ok=True)
     fsync_dir(src.parent)
     return dest
@@ -115,15 +104,16 @@ def _copy_across(src, dest):
 def copy_in(src, dest):
     """Copy ``src`` (a link is followed) to ``dest`` atomically: temporary name, fsync, rename.
 
-    For files that are not ours to move (outside data/, or what a link points to).
+    For files that are not ours to move (outside data/, or what a link points to),
+    and for the first half of a move across file systems.
     """
     from .discovery import open_regular
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name("." + dest.name + ".tmp")
+    tmp = _temporary(dest)
     try:
         with open_regular(src, follow=True) as f, open(tmp, "wb") as out:
-            shutil.copyfileobj(f, out, 1 << 20)
+            shutil.copyfileobj(f, out, COPY_CHUNK)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
@@ -198,22 +188,18 @@ def still_arriving(path, now=None):
 
     Asked only of a file that cannot be read, before it is quarantined as damaged.
     """
+    from .discovery import open_regular
+
     now = time.time() if now is None else now
     try:
-        # O_NONBLOCK: whatever sits at this name (a FIFO even) must not hold the loader.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
+        with open_regular(path) as f:
+            st = os.fstat(f.fileno())
+            if now - st.st_mtime >= ARRIVING_SECONDS:
+                return False
+            return st.st_size < len(_PARQUET_END) or \
+                os.pread(f.fileno(), len(_PARQUET_END), st.st_size - len(_PARQUET_END)) != _PARQUET_END
+    except (OSError, FileRefused):  # gone, or not a regular file: nothing is arriving there
         return False
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime >= ARRIVING_SECONDS:
-            return False
-        return st.st_size < len(_PARQUET_END) or os.pread(fd, len(_PARQUET_END), st.st_size - len(_PARQUET_END)) \
-            != _PARQUET_END
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def quarantined(quarantine_dir):

@@ -88,7 +88,7 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
         try:
             files.append(inspect(path, dataset))
         except FileRefused as refused:
-            if filing.still_arriving(path):
+            if transaction and filing.still_arriving(path):
                 continue  # being copied in, not damaged: a later step takes it whole
             refuse(path, refused)
         except FileNotFoundError:
