@@ -88,8 +88,8 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
         try:
             files.append(inspect(path, dataset))
         except FileRefused as refused:
-            if transaction and filing.still_arriving(path):
-                continue  # being copied in, not damaged: a later step takes it whole
+            if mode == LOAD and transaction and filing.still_arriving(path):
+                continue  # being copied in, not damaged: a later step takes it whole (reloads are asked for)
             refuse(path, refused)
         except FileNotFoundError:
             if not transaction:

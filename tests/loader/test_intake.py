@@ -241,6 +241,7 @@ def test_a_footer_length_that_cannot_be_right_is_a_clear_quarantine(config, stag
     path = stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
     data = path.read_bytes()
     path.write_bytes(data[:-8] + tail)
+    os.utime(path, (path.stat().st_mtime - 60,) * 2)  # damaged a while ago, not still being copied in
     _load_once(config)
     assert files_in(config.quarantine_dir) == [path.name]
     error = _report(config, path.name)["error"]
