@@ -4,7 +4,9 @@ A probe must answer while other clients sit idle, trickle, send too much, read
 too slowly or hang up; and stopping must never wait for any of them.
 """
 
+import dataclasses
 import logging
+import re
 import signal
 import socket
 import struct
@@ -15,10 +17,11 @@ import pytest
 from prometheus_client.core import GaugeMetricFamily
 
 from stager.ops import Limits, OpsServer, StatusCollector
-from tests.conftest import wait_for, write_config
+from tests.conftest import REPO, wait_for, write_config
 
 from .conftest import answers, free_port, get
 
+DOC = REPO / "docs/endpoints.md"
 BIG = 16 * 1024 * 1024  # more than loopback's socket buffers hold (4 MiB send + what the client allows)
 
 
@@ -259,3 +262,8 @@ def test_both_processes_answer_probes_past_idle_clients_and_stop_promptly(tmp_pa
     for p in procs.values():
         log = p.log()
         assert "Traceback" not in log and "BrokenPipeError" not in log, log
+
+
+def test_the_limits_documented_are_the_limits_in_force():
+    documented = dict(re.findall(r"^\| `(\w+)` \| ([\d.]+)", DOC.read_text(), flags=re.M))
+    assert documented == {f.name: f"{getattr(Limits(), f.name):g}" for f in dataclasses.fields(Limits)}
