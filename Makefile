@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## the main job end to end on the embedded defaults, with synthetic data
 	$(PY) -m stager.demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed  ## the default test run (slow soak and benchmarks excluded)
+test: $(VENV)/.installed  ## the package boundary (import-linter), then the default test run (slow soak and benchmarks excluded)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 soak: $(VENV)/.installed  ## the slow soak tests

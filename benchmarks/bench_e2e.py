@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stager import TaskType  # noqa: E402
-from stager.config import load_config  # noqa: E402
+from duckstage.config import load_config  # noqa: E402
 from stager.demo import Child  # noqa: E402
 from stager.produce import generate  # noqa: E402
 from stager.tasks import build_huey  # noqa: E402

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from loader import Loader  # noqa: E402
 from loader.warehouse import STORAGE_COMPATIBILITY, Warehouse  # noqa: E402
-from stager import staging  # noqa: E402
-from stager.config import from_mapping  # noqa: E402
-from stager.staging import StagedFile  # noqa: E402
+from duckstage import staging  # noqa: E402
+from duckstage.config import from_mapping  # noqa: E402
+from duckstage.staging import StagedFile  # noqa: E402
 
 CODES = 5000
 T0 = dt.datetime(2025, 1, 6, tzinfo=dt.timezone.utc)

@@ -27,8 +27,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stager import TaskType, staging  # noqa: E402
-from stager.config import load_config  # noqa: E402
+from duckstage import staging  # noqa: E402
+from stager import TaskType  # noqa: E402
+from duckstage.config import load_config  # noqa: E402
 from stager.results import to_rows  # noqa: E402
 from stager.tasks import build_huey  # noqa: E402
 

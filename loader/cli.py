@@ -1,7 +1,7 @@
 """``loader``: a thin CLI over the library (``loader run | reload | rebuild | status``).
 
 Each command parses, calls one library function, and turns known errors into
-one line on stderr (stager.command: exit 2 for a person's mistake, 1 for work
+one line on stderr (duckstage.command: exit 2 for a person's mistake, 1 for work
 that did not finish). SIGTERM and SIGINT only set the stop event.
 """
 
@@ -11,8 +11,8 @@ import threading
 
 import click
 
-from stager.command import CommandLine, Unfinished, UserError, config_problem, load, say
-from stager.exceptions import PortUnavailable
+from duckstage.command import CommandLine, Unfinished, UserError, config_problem, load, say
+from duckstage.exceptions import PortUnavailable
 
 from .exceptions import DatabaseBusy, LoaderError
 

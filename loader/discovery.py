@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from stager import staging
-from stager.staging import StagedFile
+from duckstage import staging
+from duckstage.staging import StagedFile
 
 from .exceptions import FileRefused
 from .warehouse import reserved

@@ -12,7 +12,7 @@
   is not a staged file, an unknown task type). The CLI prints it on one line.
 """
 
-from stager.exceptions import DuckstageError
+from duckstage.exceptions import DuckstageError
 
 
 class LoaderError(DuckstageError):

@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
-from stager.staging import SUFFIX, StagedFile, fsync_dir, tmp_path
+from duckstage.staging import SUFFIX, StagedFile, fsync_dir, tmp_path
 
 from .exceptions import FileRefused, FilingFailed
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import duckdb
 
-from stager.backoff import Backoff
-from stager.staging import StagedFile
+from duckstage.backoff import Backoff
+from duckstage.staging import StagedFile
 
 from . import filing
 from .discovery import checksum, inspect, kind, open_regular

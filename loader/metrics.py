@@ -1,4 +1,4 @@
-"""The loader's Prometheus metrics, built from ``Loader.get_status()`` (see stager.ops).
+"""The loader's Prometheus metrics, built from ``Loader.get_status()`` (see duckstage.ops).
 
 Every metric here is a reading of one status field, so ``loader status`` and
 ``/metrics`` show the same numbers. Counters count since the process started.
@@ -8,8 +8,8 @@ import datetime as dt
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from stager.metrics import process_families
-from stager.ops import histogram_buckets
+from duckstage.metrics import process_families
+from duckstage.ops import histogram_buckets
 
 TT = ["task_type"]
 STATES = ("idle", "loading", "retrying", "stopped")

@@ -29,7 +29,7 @@ measured pace), and never under two minutes (500 s with the default
 
 Live configuration: between steps the loader re-reads its config file when it
 changed or when SIGHUP asked (``reload_requested``), and applies the live
-``loader.*`` keys and ``log_level`` through ``stager.config.reload_config``; an
+``loader.*`` keys and ``log_level`` through ``duckstage.config.reload_config``; an
 invalid edit is refused with the reason (in status) and the old values stay.
 
 ``get_status()`` is the one source of the numbers: the snapshot
@@ -50,11 +50,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stager.backoff import Backoff
-from stager.config import ConfigWatcher
-from stager.datasets import FETCHED_AT
-from stager.ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
-from stager.staging import remove_leftovers
+from duckstage.backoff import Backoff
+from duckstage.config import ConfigWatcher
+from duckstage.datasets import FETCHED_AT
+from duckstage.ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
+from duckstage.staging import remove_leftovers
 
 from . import filing
 from .discovery import Watcher, not_staged, scan, unknown_folders

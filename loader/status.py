@@ -12,9 +12,9 @@ from pathlib import Path
 
 import duckdb
 
-from stager import staging
-from stager.command import checked_at, config_report, config_report_lines, process_config_lines
-from stager.ops import pid_alive, read_snapshot
+from duckstage import staging
+from duckstage.command import checked_at, config_report, config_report_lines, process_config_lines
+from duckstage.ops import pid_alive, read_snapshot
 
 from . import filing
 from .discovery import not_staged, scan, staged_rows, unknown_folders

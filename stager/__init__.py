@@ -5,10 +5,10 @@ task ``stager.tasks.process_fetched_data``, which raises ``UnknownTaskType`` (a
 ValueError) at enqueue for a task type the datasets file does not declare.
 """
 
-from .exceptions import UnknownTaskType
+from .exceptions import ConfigError, UnknownTaskType
 from .results import TaskResult, TaskType
 
-__all__ = ["TaskType", "TaskResult", "UnknownTaskType", "Stager"]
+__all__ = ["TaskType", "TaskResult", "UnknownTaskType", "ConfigError", "Stager"]
 
 
 def __getattr__(name):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .datasets import ANCHOR_DATE, FETCHED_AT, TASK_ID, undeclared_name_problem
+from duckstage.datasets import ANCHOR_DATE, FETCHED_AT, TASK_ID, undeclared_name_problem
 
 
 @dataclass

@@ -8,10 +8,10 @@ import threading
 
 import click
 
-from .backoff import Backoff
-from .command import CommandLine, Unfinished, UserError, config_problem, load
-from .config import load_config
-from .exceptions import ConfigError, PortUnavailable
+from duckstage.backoff import Backoff
+from duckstage.command import CommandLine, Unfinished, UserError, config_problem, load
+from duckstage.config import load_config
+from duckstage.exceptions import ConfigError, PortUnavailable
 
 log = logging.getLogger("duckstage.stager")
 

@@ -18,8 +18,8 @@ import os
 import threading
 from pathlib import Path
 
-from .exceptions import ResourceError
-from .staging import fsync_dir
+from duckstage.exceptions import ResourceError
+from duckstage.staging import fsync_dir
 
 UNKNOWN = "_unknown_task_type"
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import click
 import psutil
 
-from . import staging
-from .command import UserError
-from .config import load_config
-from .exceptions import ConfigError
-from .ops import read_snapshot
+from duckstage import staging
+from duckstage.command import UserError
+from duckstage.config import load_config
+from duckstage.exceptions import ConfigError
+from duckstage.ops import read_snapshot
 from .produce import generate, produce
 from .tasks import build_huey
 

@@ -1,4 +1,4 @@
-"""The stager's Prometheus metrics, built from ``Stager.get_status()`` (see stager.ops).
+"""The stager's Prometheus metrics, built from ``Stager.get_status()`` (see duckstage.ops).
 
 Every metric here is a reading of one status field, so ``stager status`` and
 ``/metrics`` show the same numbers. Counters count since the process started.
@@ -6,7 +6,8 @@ Every metric here is a reading of one status field, so ``stager status`` and
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from .ops import histogram_buckets
+from duckstage.metrics import process_families
+from duckstage.ops import histogram_buckets
 
 TT = ["task_type"]
 
@@ -103,22 +104,3 @@ def families(st):
                             value=retry.get("delay", 0))
 
     yield from process_families("stager", st)
-
-
-def process_families(process, st):
-    """Thread states and live-configuration figures, alike for both processes."""
-    prefix = f"duckstage_{process}"
-    threads = GaugeMetricFamily(f"{prefix}_thread_state", "1 for each thread's current state",
-                                labels=["thread", "state"])
-    for thread, state in sorted((st.get("threads") or {}).items()):
-        threads.add_metric([thread, state], 1)
-    yield threads
-
-    cfg = st.get("config") or {}
-    yield GaugeMetricFamily(f"{prefix}_config_error", "1 while the last edit of the config file is refused",
-                            value=1 if cfg.get("error") else 0)
-    yield CounterMetricFamily(f"{prefix}_config_reloads", "Configuration edits applied live",
-                              value=cfg.get("reloads", 0))
-    yield GaugeMetricFamily(f"{prefix}_config_restart_required",
-                            "Changed keys that take effect only after a restart",
-                            value=len(cfg.get("restart_required") or []))

@@ -29,8 +29,10 @@ from importlib.metadata import entry_points
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .datasets import TASK_ID
-from .exceptions import ConfigError, RowError
+from duckstage.datasets import TASK_ID
+from duckstage.exceptions import ConfigError
+
+from .exceptions import RowError
 
 GROUP = "duckstage.processors"
 ERROR_COLUMN = "_error"

@@ -26,15 +26,17 @@ from collections import Counter, deque
 
 import pyarrow.compute as pc
 
-from . import processors, staging
-from .backoff import Backoff
+from duckstage import staging
+
+from . import processors
+from duckstage.backoff import Backoff
 from .buffer import Buffer, dedup
 from .clean import Part, clean_many, concat_staged
 from .deadletter import DeadLetter
-from .config import ConfigWatcher
-from .datasets import FETCHED_AT
-from .exceptions import ResourceError
-from .ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
+from duckstage.config import ConfigWatcher
+from duckstage.datasets import FETCHED_AT
+from duckstage.exceptions import ResourceError
+from duckstage.ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
 from .results import utcnow
 from .sources import QueueSource, ResultSource
 from .tasks import build_huey

@@ -2,9 +2,9 @@
 
 import time
 
-from . import staging
-from .command import checked_at, config_report, config_report_lines, process_config_lines
-from .ops import pid_alive, read_snapshot
+from duckstage import staging
+from duckstage.command import checked_at, config_report, config_report_lines, process_config_lines
+from duckstage.ops import pid_alive, read_snapshot
 from .queue import build_storage_huey
 
 

@@ -13,7 +13,7 @@ first use from the configuration (``$DUCKSTAGE_CONFIG`` or
 ``config/duckstage.yaml`` in the working directory, else the defaults, with a
 warning), so the producer and the stager agree on the queue: relative paths
 are relative to the configuration file, not to where the producer runs. A
-configuration that is refused raises ``stager.exceptions.ConfigError`` at that
+configuration that is refused raises ``duckstage.exceptions.ConfigError`` at that
 first use; the queue's location is logged at DEBUG (``duckstage.producer``). A
 task type the datasets file does not declare is refused at once with
 ``stager.UnknownTaskType`` (a ValueError) listing the declared ones; nothing is
@@ -155,8 +155,8 @@ def _producer_config():
     """The configuration a producer enqueues with; says where the queue is. Raises ConfigError."""
     import logging
 
-    from .config import load_config
-    from .exceptions import ConfigError
+    from duckstage.config import load_config
+    from duckstage.exceptions import ConfigError
 
     log = logging.getLogger("duckstage.producer")
     try:

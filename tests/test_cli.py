@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from stager import TaskType
-from stager.config import load_config
+from duckstage.config import load_config
 from tests.conftest import CONFIG_DIR, wait_for, write_config
 from tests.stager.helpers import daily_rows, staged_paths
 
@@ -339,7 +339,7 @@ def test_reading_the_configuration_imports_no_processor(tmp_path):
     path = write_config(tmp_path, datasets=str(tmp_path / "datasets.yaml"))
     probe = textwrap.dedent(f"""\
         import sys
-        from stager.config import load_config
+        from duckstage.config import load_config
         from loader.status import collect
 
         config = load_config({str(path)!r})

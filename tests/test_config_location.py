@@ -116,12 +116,12 @@ def test_a_producer_with_a_refused_configuration_gets_a_config_error_that_says_w
     out = run(["producer.py"], tmp_path, {"DUCKSTAGE_CONFIG": str(missing)})
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("stager.exceptions.ConfigError: ") and str(missing) in last
-    assert "stager/config.py" not in out.stderr  # the loader's frames would only bury the message
+    assert last.startswith("duckstage.exceptions.ConfigError: ") and str(missing) in last
+    assert "duckstage/config.py" not in out.stderr  # the loader's frames would only bury the message
 
     bad = shared_layout(tmp_path / "bad", stager={"batch_size": 0, "bach_timeout": 3})
     out = run(["producer.py"], tmp_path, {"DUCKSTAGE_CONFIG": str(bad)})
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"stager.exceptions.ConfigError: {bad}: ")
+    assert last.startswith(f"duckstage.exceptions.ConfigError: {bad}: ")
     assert "stager.batch_size: expected a positive number of rows, got 0" in last and "stager.bach_timeout" in last
-    assert "stager/config.py" not in out.stderr
+    assert "duckstage/config.py" not in out.stderr

@@ -15,7 +15,7 @@ import sys
 import duckdb
 import pytest
 
-from stager.config import load_config
+from duckstage.config import load_config
 from stager.produce import generate
 from tests.conftest import REPO, write_config
 

@@ -16,7 +16,7 @@ from collections import Counter
 import duckdb
 import pytest
 
-from stager.config import load_config
+from duckstage.config import load_config
 from stager.deadletter import UNKNOWN, read_records
 from stager.produce import generate
 from stager.tasks import build_huey

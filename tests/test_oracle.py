@@ -4,7 +4,7 @@ import datetime as dt
 
 import pyarrow as pa
 
-from stager.datasets import load_datasets
+from duckstage.datasets import load_datasets
 from stager.produce import Batch, BadRow, generate
 from stager.results import TaskType
 from tests.conftest import CONFIG_DIR

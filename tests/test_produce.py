@@ -19,8 +19,8 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from stager.config import load_config
-from stager.datasets import load_datasets
+from duckstage.config import load_config
+from duckstage.datasets import load_datasets
 from stager.produce import FIELDS, PRODUCE_OPTIONS, generate, produce, trading_days
 from stager.produce.bars import limit_prices
 from stager.results import TaskType

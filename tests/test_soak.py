@@ -30,8 +30,8 @@ from collections import Counter
 
 import pytest
 
-from stager import staging
-from stager.config import load_config
+from duckstage import staging
+from duckstage.config import load_config
 from stager.produce import generate, produce
 from stager.tasks import build_huey
 from tests.conftest import wait_for, write_config

@@ -1,6 +1,6 @@
 """Fixtures for the loader: real configs, real sealed files, real DuckDB files in tmp_path.
 
-Staged files are made the way the stager makes them (``stager.staging.seal``
+Staged files are made the way the stager makes them (``duckstage.staging.seal``
 with the dataset's Arrow schema and footer), without the stager's service.
 """
 
@@ -18,9 +18,9 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from stager import staging
-from stager.config import from_mapping
-from stager.staging import StagedFile
+from duckstage import staging
+from duckstage.config import from_mapping
+from duckstage.staging import StagedFile
 from tests.conftest import duckdb_cli, hold_database, release  # noqa: F401 - shared with the loader tests
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"

@@ -18,7 +18,7 @@ import pytest
 
 from loader import Loader, filing
 from loader.warehouse import MANIFEST
-from stager.staging import StagedFile
+from duckstage.staging import StagedFile
 
 from .conftest import (Stage, daily, files_in, hold_database, kill_9_lives, make_config, query, release, run_cli,
                        table, wait_for, write_config)

@@ -22,7 +22,7 @@ from loader import Loader
 from loader.metrics import families
 from loader.status import collect, render
 from loader.warehouse import MANIFEST
-from stager.staging import StagedFile
+from duckstage.staging import StagedFile
 
 from .conftest import BASE, daily, files_in, query, table, write_config
 
@@ -217,7 +217,7 @@ def test_a_footer_claiming_a_huge_length_is_refused_before_it_is_read(tmp_path):
         import json, resource, sys
         from loader.discovery import inspect
         from loader.exceptions import FileRefused
-        from stager.config import load_config
+        from duckstage.config import load_config
         dataset = load_config(sys.argv[1]).datasets["stock_daily"]
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:

@@ -7,7 +7,7 @@ import yaml
 
 from loader.metrics import families as loader_families
 from loader.service import Loader
-from stager.config import load_config
+from duckstage.config import load_config
 from stager.metrics import families as stager_families
 from stager.service import Stager
 from tests.conftest import CONFIG_DIR, write_config

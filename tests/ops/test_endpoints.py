@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from stager import TaskType
-from stager.config import load_config
+from duckstage.config import load_config
 from stager.tasks import build_huey
 from tests.conftest import hold_database, release, wait_for, write_config
 from tests.stager.helpers import daily_rows

@@ -16,7 +16,7 @@ import time
 import pytest
 from prometheus_client.core import GaugeMetricFamily
 
-from stager.ops import Limits, OpsServer, StatusCollector
+from duckstage.ops import Limits, OpsServer, StatusCollector
 from tests.conftest import REPO, wait_for, write_config
 
 from .conftest import answers, free_port, get

@@ -8,7 +8,7 @@ import time
 import yaml
 
 from stager import TaskType
-from stager.config import load_config
+from duckstage.config import load_config
 from tests.conftest import wait_for, write_config
 from tests.stager.helpers import daily_rows, staged_paths
 

@@ -5,8 +5,9 @@ import logging
 import signal
 import sys
 
-from stager import TaskType, logs
-from stager.config import load_config
+from duckstage import logs
+from stager import TaskType
+from duckstage.config import load_config
 from tests.conftest import wait_for, write_config
 from tests.stager.helpers import daily_rows
 

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from stager import TaskType
-from stager.config import load_config
-from stager.exceptions import ConfigError
+from duckstage.config import load_config
+from duckstage.exceptions import ConfigError
 from stager.service import Stager
 from tests.conftest import CONFIG_DIR, write_config
 from tests.stager.helpers import daily_rows, deadletters, staged_paths

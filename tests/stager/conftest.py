@@ -1,6 +1,6 @@
 import pytest
 
-from stager.config import load_config
+from duckstage.config import load_config
 from tests.conftest import write_config
 
 

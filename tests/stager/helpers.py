@@ -2,7 +2,7 @@ import datetime as dt
 
 import pyarrow.parquet as pq
 
-from stager import staging
+from duckstage import staging
 from stager.deadletter import read_records
 
 

@@ -4,9 +4,9 @@ import sys
 import pytest
 import yaml
 
-from stager.config import from_mapping, load_config
-from stager.datasets import parse_datasets
-from stager.exceptions import ConfigError
+from duckstage.config import from_mapping, load_config
+from duckstage.datasets import parse_datasets
+from duckstage.exceptions import ConfigError
 from tests.conftest import CONFIG_DIR, write_config
 
 
@@ -187,7 +187,7 @@ def test_without_a_file_paths_are_relative_to_the_working_directory(tmp_path):
 
 
 def test_inspect_config_keeps_the_valid_keys_and_names_the_invalid_ones(tmp_path):
-    from stager.config import inspect_config
+    from duckstage.config import inspect_config
 
     path = write_config(tmp_path, stager={"batch_size": "lots", "batch_timeout": 7}, loader={"retry_delay": -1})
     config, refused = inspect_config(path)

@@ -158,8 +158,8 @@ def fill(disk, leave):
 def test_a_seal_that_runs_out_of_space_leaves_no_temporary_file(small_disk, tmp_path):
     import pyarrow as pa
 
-    from stager import staging
-    from stager.exceptions import ResourceError
+    from duckstage import staging
+    from duckstage.exceptions import ResourceError
 
     folder = tmp_path / "staging"
     disk = small_disk("1m", folder)
@@ -186,7 +186,7 @@ def test_a_running_stager_pauses_on_a_full_disk_and_carries_on_when_space_return
 
     import pyarrow.parquet as pq
 
-    from stager import staging
+    from duckstage import staging
     from tests.conftest import wait_for
 
     path, config = make_config(stager={"batch_size": 1000, "batch_timeout": 0.3, "worker_threads": 2,

@@ -8,7 +8,7 @@ import yaml
 from huey.api import group
 
 from stager import TaskType, UnknownTaskType
-from stager.config import load_config
+from duckstage.config import load_config
 from stager.service import Stager
 from tests.conftest import CONFIG_DIR, write_config
 from tests.stager.helpers import daily_rows, deadletters, staged_keys

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stager import TaskType, staging
+from duckstage import staging
+from stager import TaskType
 from stager.service import Stager
 from tests.stager.helpers import d, daily_rows, deadletters, staged_keys, staged_paths, staged_rows
 

@@ -165,7 +165,7 @@ class LoaderConfig:
 class Config:
     source: str  # the absolute path of the file it came from, or "<defaults>"
     data_dir: Path
-    datasets: object  # stager.datasets.Datasets
+    datasets: object  # duckstage.datasets.Datasets
     log_level: str
     huey: HueyConfig
     stager: StagerConfig

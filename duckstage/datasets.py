@@ -1,6 +1,6 @@
 """Task types as declared in ``config/datasets.yaml``: columns, keys, version order.
 
-The file is read once at start-up (through ``stager.config.load_config``) and
+The file is read once at start-up (through ``duckstage.config.load_config``) and
 validated here; nothing else parses it. A dataset's name is its task type, its
 DuckDB table and its staging sub-folder.
 """

@@ -1,0 +1,22 @@
+"""Metric families alike for both processes: thread states and live configuration."""
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+def process_families(process, st):
+    """Thread states and live-configuration figures, alike for both processes."""
+    prefix = f"duckstage_{process}"
+    threads = GaugeMetricFamily(f"{prefix}_thread_state", "1 for each thread's current state",
+                                labels=["thread", "state"])
+    for thread, state in sorted((st.get("threads") or {}).items()):
+        threads.add_metric([thread, state], 1)
+    yield threads
+
+    cfg = st.get("config") or {}
+    yield GaugeMetricFamily(f"{prefix}_config_error", "1 while the last edit of the config file is refused",
+                            value=1 if cfg.get("error") else 0)
+    yield CounterMetricFamily(f"{prefix}_config_reloads", "Configuration edits applied live",
+                              value=cfg.get("reloads", 0))
+    yield GaugeMetricFamily(f"{prefix}_config_restart_required",
+                            "Changed keys that take effect only after a restart",
+                            value=len(cfg.get("restart_required") or []))
