@@ -5,6 +5,12 @@
 ``SPEC`` and returns a frozen ``Config``. Components take the values they need
 as arguments; none of them reads YAML or the environment.
 
+Each key is declared once, in ``SPEC``: its default, what it accepts, whether
+a running process applies it live, and what it means. The value classes
+(``HueyConfig``, ``StagerConfig``, ``LoaderConfig``, ``BatchSettings``), the
+validation, the reload of live keys, the flat view ``status`` shows and the
+table of docs/configuration.md all follow from it: a new key is one line here.
+
 Relative paths in a configuration file are relative to the file's folder (as
 Prometheus and docker compose have it): a producer started anywhere with the
 same ``$DUCKSTAGE_CONFIG`` enqueues into the queue the stager reads. Without a
@@ -14,7 +20,7 @@ file, they are relative to the working directory.
 import logging
 import os
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, make_dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -28,14 +34,19 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class Key:
-    """One configuration key: its default, what it accepts, and whether it is live."""
+    """One configuration key: its default, what it accepts, whether it is live, and what it means.
 
-    def __init__(self, default, kind, expected, check=None, live=False):
+    ``path`` keys name a file under ``data_dir`` and become a ``Path`` resolved against it.
+    """
+
+    def __init__(self, default, kind, expected, check=None, live=False, meaning="", path=False):
         self.default = default
         self.kind = kind  # a type or tuple of types
         self.expected = expected
         self.check = check or (lambda v: True)
         self.live = live
+        self.meaning = meaning
+        self.path = path
 
     def problem(self, value, source, key):
         """None when ``value`` is acceptable, else what is wrong with it."""
@@ -46,6 +57,13 @@ class Key:
             return ConfigProblem(source, key, self.expected, value)
         return None
 
+    @property
+    def value_type(self):
+        """The Python type of the validated value, for the value classes."""
+        if self.path:
+            return Path
+        return float if self.kind == _num else self.kind
+
 
 def _as_tuple(kind):
     return kind if isinstance(kind, tuple) else (kind,)
@@ -54,111 +72,113 @@ def _as_tuple(kind):
 _num = (int, float)
 
 
-def _positive_int(expected="a positive integer", live=False, default=None):
-    return Key(default, int, expected, lambda v: v > 0, live)
+def _nonempty(v):
+    return bool(v.strip())
 
 
-def _positive_num(default, live=True):
-    return Key(default, _num, "a positive number of seconds", lambda v: v > 0, live)
+def _seconds(default, meaning, live=True):
+    return Key(default, _num, "a positive number of seconds", lambda v: v > 0, live, meaning)
 
 
-def _metrics_keys():
+def _metrics_keys(meaning_port, meaning_host):
     """The HTTP port of /metrics, /healthz and /readyz (one per process; 0: off) and its address."""
     return {
-        "metrics_port": Key(0, int, "a TCP port from 1 to 65535, or 0 for off", lambda v: 0 <= v <= 65535),
-        "metrics_host": Key("127.0.0.1", str, "an address to listen on, e.g. 127.0.0.1 or 0.0.0.0",
-                            lambda v: bool(v.strip())),
+        "metrics_port": Key(0, int, "a TCP port from 1 to 65535, or 0 for off", lambda v: 0 <= v <= 65535,
+                            meaning=meaning_port),
+        "metrics_host": Key("127.0.0.1", str, "an address to listen on, e.g. 127.0.0.1 or 0.0.0.0", _nonempty,
+                            meaning=meaning_host),
     }
 
 
 # Batch settings that may also be set per task type under stager.task_types.
 BATCH_KEYS = {
-    "batch_size": _positive_int("a positive number of rows", live=True, default=1000),
-    "batch_bytes": Key(64 * 2**20, int, "a number of bytes >= 4096", lambda v: v >= 4096, True),
-    "batch_timeout": _positive_num(30),
+    "batch_size": Key(1000, int, "a positive number of rows", lambda v: v > 0, True,
+                      "rows that rotate a staging file"),
+    "batch_bytes": Key(64 * 2**20, int, "a number of bytes >= 4096", lambda v: v >= 4096, True,
+                       "in-memory bytes that rotate a staging file"),
+    "batch_timeout": _seconds(30, "seconds: a non-empty buffer is sealed at least this often"),
 }
 
 SPEC = {
-    "data_dir": Key("data", str, "a directory path", lambda v: bool(v.strip())),
-    "datasets": Key("datasets.yaml", str, "a path to the datasets file", lambda v: bool(v.strip())),
-    "log_level": Key("INFO", str, "one of " + ", ".join(LOG_LEVELS), lambda v: v.upper() in LOG_LEVELS, True),
+    "data_dir": Key("data", str, "a directory path", _nonempty,
+                    meaning="root of every runtime file (the shipped file: `../data`)"),
+    "datasets": Key("datasets.yaml", str, "a path to the datasets file", _nonempty,
+                    meaning="the task types file"),
+    "log_level": Key("INFO", str, "one of " + ", ".join(LOG_LEVELS), lambda v: v.upper() in LOG_LEVELS, True,
+                     "DEBUG, INFO, WARNING, ERROR"),
     "huey": {
-        "backend": Key("sqlite", str, "sqlite (the only backend duckstage embeds)", lambda v: v == "sqlite"),
-        "name": Key("duckstage", str, "a non-empty queue name", lambda v: bool(v.strip())),
-        "path": Key("huey.db", str, "a file path", lambda v: bool(v.strip())),
-        "fsync": Key(True, bool, "true or false"),
+        "backend": Key("sqlite", str, "sqlite (the only backend duckstage embeds)", lambda v: v == "sqlite",
+                       meaning="SqliteHuey, the embedded queue"),
+        "name": Key("duckstage", str, "a non-empty queue name", _nonempty,
+                    meaning="queue name; keep it for duckstage alone"),
+        "path": Key("huey.db", str, "a file path", _nonempty, meaning="the SQLite file", path=True),
+        "fsync": Key(True, bool, "true or false", meaning="producers commit with `synchronous=FULL`"),
     },
     "stager": {
-        "worker_threads": Key(4, int, "an integer from 1 to 64", lambda v: 1 <= v <= 64),
+        "worker_threads": Key(4, int, "an integer from 1 to 64", lambda v: 1 <= v <= 64,
+                              meaning="Huey worker threads"),
         **BATCH_KEYS,
-        "queue_check_interval": _positive_num(0.1),
-        "run_huey_consumer": Key(True, bool, "true or false"),
-        "shutdown_timeout": _positive_num(60, live=False),  # seconds to finish in-flight work when asked to stop
-        "status_interval": _positive_num(1.0),
-        "task_types": Key({}, dict, "a mapping of task type -> {batch_size, batch_bytes, batch_timeout}", live=True),
-        **_metrics_keys(),
+        "queue_check_interval": _seconds(0.1, "seconds an idle worker waits before polling"),
+        "run_huey_consumer": Key(True, bool, "true or false",
+                                 meaning="`false`: the producer runs its own Huey consumer and the stager"
+                                         " claims results"),
+        "shutdown_timeout": _seconds(60, "seconds for a clean stop", live=False),
+        "status_interval": _seconds(1.0, "seconds between status snapshots (`data/run/stager.json`)"),
+        "task_types": Key({}, dict, "a mapping of task type -> {batch_size, batch_bytes, batch_timeout}", live=True,
+                          meaning="per task type `batch_size`, `batch_bytes`, `batch_timeout`"),
+        **_metrics_keys("`/metrics`, `/healthz`, `/readyz` over HTTP; 0 is off", "address the endpoints listen on"),
     },
     "loader": {
-        "database": Key("warehouse.duckdb", str, "a file path", lambda v: bool(v.strip())),
-        "max_retries": Key(3, int, "an integer >= 0", lambda v: v >= 0, True),
-        "retry_delay": _positive_num(5),
-        "retry_max_delay": _positive_num(60),
-        "rescan_interval": _positive_num(10),
-        "max_rows_per_transaction": _positive_int("a positive number of rows", live=True, default=1_000_000),
-        "new_columns": Key("add", str, "one of add, quarantine, ignore", lambda v: v in ("add", "quarantine", "ignore"), True),
-        "archive_retention_days": Key(0, _num, "a number of days >= 0 (0 keeps archives forever)", lambda v: v >= 0, True),
-        "idle_release": Key(2.0, _num, "a number of seconds >= 0", lambda v: v >= 0, True),
-        "shutdown_timeout": _positive_num(60, live=False),  # seconds to finish the current transaction
-        **_metrics_keys(),
+        "database": Key("warehouse.duckdb", str, "a file path", _nonempty, meaning="the DuckDB file", path=True),
+        "max_retries": Key(3, int, "an integer >= 0", lambda v: v >= 0, True,
+                           "quick retries of a busy or locked database"),
+        "retry_delay": _seconds(5, "seconds before the first retry, doubled each time"),
+        "retry_max_delay": _seconds(60, "cap of the backoff; past `max_retries` the loader keeps trying at this pace"),
+        "rescan_interval": _seconds(10, "seconds between full scans of `staging/`"),
+        "max_rows_per_transaction": Key(1_000_000, int, "a positive number of rows", lambda v: v > 0, True,
+                                        "files merged in one transaction, by rows"),
+        "new_columns": Key("add", str, "one of add, quarantine, ignore", lambda v: v in ("add", "quarantine", "ignore"),
+                           True, "a column the table lacks: `add`, `quarantine` the file, or `ignore` it"),
+        "archive_retention_days": Key(0, _num, "a number of days >= 0 (0 keeps archives forever)", lambda v: v >= 0,
+                                      True, "days archived files are kept; 0 keeps them"),
+        "idle_release": Key(2.0, _num, "a number of seconds >= 0", lambda v: v >= 0, True,
+                            "seconds idle before the loader closes the database for others"),
+        "shutdown_timeout": _seconds(60, "seconds for a clean stop (the current transaction)", live=False),
+        **_metrics_keys("as for the stager", "as for the stager"),
     },
 }
 
 
-@dataclass(frozen=True)
-class BatchSettings:
-    batch_size: int
-    batch_bytes: int
-    batch_timeout: float
+def declared_keys(spec=SPEC, prefix=""):
+    """``(dotted name, Key)`` of every key, in the order of the declaration."""
+    for name, rule in spec.items():
+        if isinstance(rule, dict):
+            yield from declared_keys(rule, f"{prefix}{name}.")
+        else:
+            yield prefix + name, rule
 
 
-@dataclass(frozen=True)
-class HueyConfig:
-    backend: str
-    name: str
-    path: Path
-    fsync: bool
+def _values_class(name, keys, doc, group=None, methods=None):
+    """A frozen dataclass with one field per key; ``group`` ``(field, value class)`` gathers that class's keys."""
+    grouped = {f.name for f in fields(group[1])} if group else set()
+    attrs = [group] if group else []
+    attrs += [(k, rule.value_type) for k, rule in keys.items() if k not in grouped]
+    cls = make_dataclass(name, attrs, frozen=True, namespace=dict(methods or {}, __doc__=doc))
+    cls.__module__ = __name__
+    return cls
 
 
-@dataclass(frozen=True)
-class StagerConfig:
-    worker_threads: int
-    batch: BatchSettings
-    queue_check_interval: float
-    run_huey_consumer: bool
-    shutdown_timeout: float
-    status_interval: float
-    task_types: dict = field(default_factory=dict)  # task type -> BatchSettings
-    metrics_port: int = 0  # 0: no HTTP endpoint
-    metrics_host: str = "127.0.0.1"
-
-    def batch_for(self, task_type):
-        return self.task_types.get(task_type, self.batch)
+def _batch_for(self, task_type):
+    return self.task_types.get(task_type, self.batch)
 
 
-@dataclass(frozen=True)
-class LoaderConfig:
-    database: Path
-    max_retries: int
-    retry_delay: float
-    retry_max_delay: float
-    rescan_interval: float
-    max_rows_per_transaction: int
-    new_columns: str
-    archive_retention_days: float
-    idle_release: float
-    shutdown_timeout: float = 60
-    metrics_port: int = 0  # 0: no HTTP endpoint
-    metrics_host: str = "127.0.0.1"
+BatchSettings = _values_class("BatchSettings", BATCH_KEYS, "When a staging buffer is sealed.")
+HueyConfig = _values_class("HueyConfig", SPEC["huey"], "The queue: ``huey.*``.")
+StagerConfig = _values_class(
+    "StagerConfig", SPEC["stager"],
+    "``stager.*``; the batch keys are in ``batch``, ``task_types`` maps a task type to its BatchSettings.",
+    group=("batch", BatchSettings), methods={"batch_for": _batch_for})
+LoaderConfig = _values_class("LoaderConfig", SPEC["loader"], "``loader.*``.")
 
 
 @dataclass(frozen=True)
@@ -295,14 +315,31 @@ def _build(raw, source, config_dir, data_base):
         problems.append(ConfigProblem(source, "datasets", "an existing datasets file", str(datasets_path)))
     if datasets is None:
         datasets = Datasets([], 1, str(datasets_path))
+    values["stager"]["task_types"] = _task_type_batches(values["stager"], datasets, datasets_path, source, problems)
+    sections = {f.name: _section_values(f.type, values[f.name], SPEC[f.name], data_dir)
+                for f in fields(Config) if isinstance(SPEC.get(f.name), dict)}
+    config = Config(source=source, data_dir=data_dir, datasets=datasets, log_level=values["log_level"].upper(),
+                    **sections)
+    return config, problems
 
-    def under_data(p):
-        p = Path(p)
-        return p if p.is_absolute() else data_dir / p
 
-    s = values["stager"]
+def _section_values(cls, values, rules, data_dir):
+    """An instance of value class ``cls`` from a section's validated ``values``."""
+    kwargs = {}
+    for f in fields(cls):
+        if is_dataclass(f.type):
+            kwargs[f.name] = _section_values(f.type, values, rules, data_dir)
+        elif rules[f.name].path:
+            kwargs[f.name] = data_dir / values[f.name]  # an absolute path stays itself
+        else:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
+def _task_type_batches(stager, datasets, datasets_path, source, problems):
+    """``stager.task_types`` validated: task type -> BatchSettings, the global batch keys filling the gaps."""
     overrides = {}
-    for task_type, body in s["task_types"].items():
+    for task_type, body in stager["task_types"].items():
         key = f"stager.task_types.{task_type}"
         if task_type not in datasets:
             if datasets.names:  # else the datasets file is refused already
@@ -312,7 +349,7 @@ def _build(raw, source, config_dir, data_base):
         if not isinstance(body, dict):
             problems.append(ConfigProblem(source, key, "a mapping of batch_size, batch_bytes, batch_timeout", body))
             continue
-        merged = {k: s[k] for k in BATCH_KEYS}
+        merged = {k: stager[k] for k in BATCH_KEYS}
         for k, v in body.items():
             if k not in BATCH_KEYS:
                 problems.append(ConfigProblem(source, f"{key}.{k}",
@@ -322,31 +359,7 @@ def _build(raw, source, config_dir, data_base):
             else:
                 merged[k] = v
         overrides[task_type] = BatchSettings(**merged)
-
-    h, lo = values["huey"], values["loader"]
-    config = Config(
-        source=source,
-        data_dir=data_dir,
-        datasets=datasets,
-        log_level=values["log_level"].upper(),
-        huey=HueyConfig(h["backend"], h["name"], under_data(h["path"]), h["fsync"]),
-        stager=StagerConfig(
-            worker_threads=s["worker_threads"],
-            batch=BatchSettings(s["batch_size"], s["batch_bytes"], s["batch_timeout"]),
-            queue_check_interval=s["queue_check_interval"],
-            run_huey_consumer=s["run_huey_consumer"],
-            shutdown_timeout=s["shutdown_timeout"],
-            status_interval=s["status_interval"],
-            task_types=overrides,
-            metrics_port=s["metrics_port"],
-            metrics_host=s["metrics_host"],
-        ),
-        loader=LoaderConfig(
-            database=under_data(lo["database"]),
-            **{k: lo[k] for k in SPEC["loader"] if k != "database"},
-        ),
-    )
-    return config, problems
+    return overrides
 
 
 def _validate(raw, spec, source, prefix, problems):
@@ -371,27 +384,6 @@ def _validate(raw, spec, source, prefix, problems):
     return out
 
 
-def live_keys():
-    """Dotted names of the keys that may change while the processes run."""
-    names = []
-    for section, rules in SPEC.items():
-        if isinstance(rules, dict):
-            names += [f"{section}.{k}" for k, r in rules.items() if r.live]
-        elif rules.live:
-            names.append(section)
-    return names
-
-
-def _flatten(raw, spec, prefix=""):
-    out = {}
-    for key, rule in spec.items():
-        if isinstance(rule, dict):
-            out.update(_flatten(raw.get(key, {}), rule, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = raw.get(key)
-    return out
-
-
 def reload_config(current):
     """Re-read ``current.source`` for a running process.
 
@@ -403,28 +395,25 @@ def reload_config(current):
     if current.source.startswith("<"):
         return current, []
     new = load_config(current.source)
-    old_raw = _flatten(_as_mapping(current), SPEC)
-    new_raw = _flatten(_as_mapping(new), SPEC)
-    restart = sorted(k for k in new_raw if new_raw[k] != old_raw[k] and not _rule(k).live)
+    old_values, new_values = running_values(current), running_values(new)
+    restart = sorted(k for k, rule in declared_keys() if new_values[k] != old_values[k] and not rule.live)
     if new.datasets.source != current.datasets.source or _datasets_changed(current, new):
         restart.append("datasets (file contents)")
-    merged = replace(
-        current,
-        log_level=new.log_level,
-        stager=replace(current.stager, batch=new.stager.batch, task_types=new.stager.task_types,
-                       queue_check_interval=new.stager.queue_check_interval,
-                       status_interval=new.stager.status_interval),
-        loader=replace(current.loader, **{k: getattr(new.loader, k)
-                                          for k, rule in SPEC["loader"].items() if rule.live}),
-    )
-    return merged, restart
+    return _with_live_values(current, new, SPEC), restart
 
 
-def _rule(dotted):
-    rule = SPEC
-    for part in dotted.split("."):
-        rule = rule[part]
-    return rule
+def _with_live_values(current, new, spec):
+    """``current`` with the value of every live key of ``spec`` taken from ``new``."""
+    changes = {}
+    for f in fields(current):
+        rule = spec.get(f.name)
+        if isinstance(rule, dict):
+            changes[f.name] = _with_live_values(getattr(current, f.name), getattr(new, f.name), rule)
+        elif is_dataclass(f.type):  # a group of keys of this section (stager.batch)
+            changes[f.name] = _with_live_values(getattr(current, f.name), getattr(new, f.name), spec)
+        elif rule is not None and rule.live:
+            changes[f.name] = getattr(new, f.name)
+    return replace(current, **changes)
 
 
 def _datasets_changed(a, b):
@@ -432,20 +421,39 @@ def _datasets_changed(a, b):
         [(d.name, d.columns, d.primary_key, d.version_order, d.processor) for d in b.datasets]
 
 
-def _as_mapping(config):
-    """The validated values of ``config`` keyed like the YAML file (for comparisons)."""
-    s, lo, h = config.stager, config.loader, config.huey
-    return {
-        "data_dir": str(config.data_dir), "datasets": config.datasets.source, "log_level": config.log_level,
-        "huey": {"backend": h.backend, "name": h.name, "path": str(h.path), "fsync": h.fsync},
-        "stager": {"worker_threads": s.worker_threads, "batch_size": s.batch.batch_size,
-                   "batch_bytes": s.batch.batch_bytes, "batch_timeout": s.batch.batch_timeout,
-                   "queue_check_interval": s.queue_check_interval, "run_huey_consumer": s.run_huey_consumer,
-                   "shutdown_timeout": s.shutdown_timeout, "status_interval": s.status_interval,
-                   "task_types": {k: vars(v) for k, v in s.task_types.items()},
-                   "metrics_port": s.metrics_port, "metrics_host": s.metrics_host},
-        "loader": {k: (str(v) if k == "database" else v) for k, v in vars(lo).items()},
-    }
+def running_values(config):
+    """Every key's value in ``config``, by dotted name, JSON-ready (for status, metrics and comparisons)."""
+    return {name: _plain(_value_of(config, name)) for name, _ in declared_keys()}
+
+
+def _value_of(config, dotted):
+    *section, key = dotted.split(".")
+    holder = getattr(config, section[0]) if section else config
+    if not hasattr(holder, key):  # a key gathered into a group (stager.batch_size is stager.batch.batch_size)
+        holder = next(getattr(holder, f.name) for f in fields(holder)
+                      if is_dataclass(f.type) and key in {g.name for g in fields(f.type)})
+    return getattr(holder, key)
+
+
+def _plain(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Datasets):
+        return value.source
+    if isinstance(value, dict):
+        return {k: asdict(v) if is_dataclass(v) else v for k, v in value.items()}
+    return value
+
+
+def reference_table():
+    """The Markdown table of every key (docs/configuration.md holds it; a test keeps them equal)."""
+    def shown(default):
+        return {True: "true", False: "false"}.get(default, default) if isinstance(default, bool) else default
+
+    lines = ["| key | default | live | meaning |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{name}` | `{shown(rule.default)}` | {'yes' if rule.live else 'no'} | {rule.meaning} |"
+              for name, rule in declared_keys()]
+    return "\n".join(lines) + "\n"
 
 
 class ConfigWatcher:
@@ -493,7 +501,7 @@ class ConfigWatcher:
         self.reloads += 1
         logging.getLogger().setLevel(new.log_level)
         logging.getLogger("duckstage").setLevel(new.log_level)
-        before, after = _flatten(_as_mapping(current), SPEC), _flatten(_as_mapping(new), SPEC)
+        before, after = running_values(current), running_values(new)
         changed = [f"{k}={after[k]}" for k in after if after[k] != before[k]]
         self._log.info("configuration reloaded from %s%s", new.source, ": " + ", ".join(changed) if changed else "",
                        extra={"event": "config_reloaded"})
@@ -510,7 +518,3 @@ class ConfigWatcher:
                 "restart_required": list(self.restart_required), "log_level": config.log_level,
                 "values": running_values(config)}
 
-
-def running_values(config):
-    """Every key's value in ``config``, by dotted name, JSON-ready."""
-    return _flatten(_as_mapping(config), SPEC)
