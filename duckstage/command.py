@@ -11,9 +11,14 @@ One scaffold, so that the two behave alike:
 - Exit status: 0 done; 1 the work did not finish (a thread did not stop in
   time, the database stayed busy, stopped by a signal before the end); 2 a
   person's mistake (configuration, argument, a path that cannot be used).
+- Signal handlers only set flags (``on_signals``): SIGTERM and SIGINT ask to
+  stop, SIGHUP asks a running process to reload its configuration.
+- The configuration is loaded one way (``load``, or ``read_config`` for a
+  program with its own ``--config`` such as the demo).
 """
 
 import logging
+import signal
 import sqlite3
 import sys
 from pathlib import Path
@@ -21,7 +26,7 @@ from pathlib import Path
 import click
 
 from . import logs
-from .config import inspect_config
+from .config import inspect_config, load_config
 from .exceptions import ConfigError
 
 EXIT_UNFINISHED = 1
@@ -77,7 +82,7 @@ class CommandLine(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as exc:  # e.g. a processor that does not import, found when the stager starts
-            raise UserError(f"configuration refused: {exc}") from None
+            raise refused(exc) from None
         except OSError as exc:
             raise UserError(_unusable_path(exc, ctx.meta.get(_META + "loaded"))) from None
         except sqlite3.DatabaseError as exc:  # huey.db is not an SQLite file, or is damaged
@@ -127,6 +132,38 @@ def _unusable_path(exc, config):
     return f"{exc.filename}: {problem}"
 
 
+def refused(exc):
+    """The UserError (exit 2) for a refused configuration: the file, every wrong key and what was expected."""
+    return UserError(f"configuration refused: {exc}")
+
+
+def read_config(path=None):
+    """The configuration at ``path`` (else $DUCKSTAGE_CONFIG, else the default file), or ``refused``."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise refused(exc) from None
+
+
+def on_signals(stop, reload=()):
+    """Install handlers that only set flags: SIGTERM and SIGINT set ``stop``, SIGHUP sets each of ``reload``.
+
+    Without ``reload`` SIGHUP keeps its default. Returns ``stop``.
+    """
+    def stop_requested(signum, frame):
+        stop.set()
+
+    def reload_requested(signum, frame):
+        for event in reload:
+            event.set()
+
+    signal.signal(signal.SIGTERM, stop_requested)
+    signal.signal(signal.SIGINT, stop_requested)
+    if reload:
+        signal.signal(signal.SIGHUP, reload_requested)
+    return stop
+
+
 def load(process, lenient=False):
     """The configuration named by --config, $DUCKSTAGE_CONFIG or the default file, with logging set up.
 
@@ -137,16 +174,16 @@ def load(process, lenient=False):
     """
     ctx = click.get_current_context()
     try:
-        config, refused = inspect_config(ctx.meta.get(_META + "config"))
+        config, refusal = inspect_config(ctx.meta.get(_META + "config"))
     except ConfigError as exc:
-        raise UserError(f"configuration refused: {exc}") from None
-    if refused is not None and not lenient:
-        raise UserError(f"configuration refused: {refused}")
+        raise refused(exc) from None
+    if refusal is not None and not lenient:
+        raise refused(refusal)
     ctx.meta[_META + "loaded"] = config
     logs.setup(config.log_level, ctx.meta.get(_META + "log_format", "text"), process=process)
     if config.note:
         log.warning(config.note, extra={"event": "config_defaults"})
-    return (config, refused) if lenient else config
+    return (config, refusal) if lenient else config
 
 
 def config_problem(config, key, expected, detail):

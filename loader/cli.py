@@ -6,25 +6,16 @@ that did not finish). SIGTERM and SIGINT only set the stop event.
 """
 
 import json
-import signal
 import threading
 
 import click
 
-from duckstage.command import CommandLine, Unfinished, UserError, config_problem, load, say
+from duckstage.command import CommandLine, Unfinished, UserError, config_problem, load, on_signals, say
 from duckstage.exceptions import PortUnavailable
 
 from .exceptions import DatabaseBusy, LoaderError
 
 PROGRESS_FROM = 10  # files: below this a progress bar is noise
-
-
-def _on_signals(event):
-    def handler(signum, frame):
-        event.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 @click.group(cls=CommandLine, name="loader")
@@ -54,13 +45,7 @@ def run():
 
     config = load("loader")
     loader = Loader(config)
-    _on_signals(loader.stopped_event)
-
-    def reload_requested(signum, frame):
-        loader.reload_requested.set()
-        loader.wake.set()
-
-    signal.signal(signal.SIGHUP, reload_requested)
+    on_signals(loader.stopped_event, reload=[loader.reload_requested, loader.wake])
     try:
         loader.start()
     except PortUnavailable as exc:
@@ -129,8 +114,7 @@ def reload(paths, force):
     from .load import resolve_paths
 
     config = load("loader")
-    stop = threading.Event()
-    _on_signals(stop)
+    stop = on_signals(threading.Event())
     try:
         groups = resolve_paths(config, paths)
         wh = _open(config, stop)
@@ -168,8 +152,7 @@ def rebuild(task_types):
             raise UserError(f"--task-type: expected a task type of {config.datasets.source}"
                             f" ({', '.join(config.datasets.names)}), got {t!r}")
     names = list(task_types) or config.datasets.names
-    stop = threading.Event()
-    _on_signals(stop)
+    stop = on_signals(threading.Event())
     total = sum(len(filing.archived_files(config.archive_dir, t)) for t in names)
     try:
         wh = _open(config, stop)
@@ -179,11 +162,9 @@ def rebuild(task_types):
                 out = rebuild_tables(wh, config, names, progress=advance, stop=stop)
         finally:
             wh.close()
-    except LoaderError as exc:
-        if stop.is_set():
-            raise Unfinished(str(exc)) from None
-        raise UserError(str(exc)) from None
-    except DatabaseBusy as exc:
+    except (LoaderError, DatabaseBusy) as exc:
+        # The request was sound (its task types are checked above): a listed file missing or refused, a stop or
+        # a busy database means the rebuild did not finish, and the old tables are kept.
         raise Unfinished(str(exc)) from None
     _summary(out)
 

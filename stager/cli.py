@@ -2,26 +2,16 @@
 
 import json
 import logging
-import signal
 import sqlite3
 import threading
 
 import click
 
 from duckstage.backoff import Backoff
-from duckstage.command import CommandLine, Unfinished, UserError, config_problem, load
-from duckstage.config import load_config
-from duckstage.exceptions import ConfigError, PortUnavailable
+from duckstage.command import CommandLine, Unfinished, UserError, config_problem, load, on_signals
+from duckstage.exceptions import PortUnavailable
 
 log = logging.getLogger("duckstage.stager")
-
-
-def load_or_exit(config_path):
-    """The configuration at ``config_path`` (or the usual search), or UserError: one line, exit 2."""
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        raise UserError(f"configuration refused: {exc}") from None
 
 
 @click.group(cls=CommandLine, name="stager")
@@ -48,13 +38,7 @@ def run():
     from .service import Stager
 
     config = load("stager")
-    stop = threading.Event()
-
-    def request_stop(signum, _frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = on_signals(threading.Event())
     backoff = Backoff(0.5, 2.0, 10.0)
     while True:
         try:
@@ -65,7 +49,7 @@ def run():
             log.warning("Huey storage %s: %s; retrying in %.1fs", config.huey.path, exc, delay)
             if stop.wait(delay):
                 return
-    signal.signal(signal.SIGHUP, lambda *_: stager.reload_requested.set())
+    on_signals(stop, reload=[stager.reload_requested])
     try:
         stager.start()
     except PortUnavailable as exc:

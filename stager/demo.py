@@ -23,9 +23,7 @@ import click
 import psutil
 
 from duckstage import staging
-from duckstage.command import UserError
-from duckstage.config import load_config
-from duckstage.exceptions import ConfigError
+from duckstage.command import read_config
 from duckstage.ops import read_snapshot
 from .produce import generate, produce
 from .tasks import build_huey
@@ -34,15 +32,6 @@ WIDTH = 80  # the summary is read in any terminal and pasted into issues
 # Summary columns: (heading, RunCounts field); enqueued = the other three + what is named below the table.
 COLUMNS = (("enqueued", "enqueued"), ("committed", "committed"), ("superseded", "superseded"),
            ("dead-\nlettered", "deadlettered"))
-
-
-def _load_config(config_path):
-    # Not the stager command's loader: the demo uses duckstage as an application
-    # would, and must keep working whatever shape the stager command takes.
-    try:
-        return load_config(config_path)
-    except ConfigError as exc:
-        raise UserError(f"configuration refused: {exc}") from None
 
 
 class Child:
@@ -119,7 +108,7 @@ def main(config_path, stocks, days, seed, bad_share, start):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(width=min(WIDTH, Console().width))
-    config = _load_config(config_path)
+    config = read_config(config_path)  # the scaffold's loading, not the stager command's: no cli module
     for folder in (config.run_dir, config.staging_dir):
         folder.mkdir(parents=True, exist_ok=True)
     console.print(f"duckstage demo: Huey queue {_shown(config.huey.path)}, warehouse {_shown(config.loader.database)}")
