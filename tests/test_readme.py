@@ -1,12 +1,12 @@
-"""The README's commands run: documentation that is tested, as sqlite-utils tests its docs.
+"""The documentation's commands run: documentation that is tested, as sqlite-utils tests its docs.
 
 A small ``python -m stager.demo`` runs once, in a folder laid out like a clone
 after ``make demo`` (``config/duckstage.yaml``, ``data/``, ``.venv`` -> this
-virtualenv). Then every command of every ```sh block of README.md, and every
-statement of a ```sql block, runs from a fresh copy of that folder, and must
-exit 0 and print rows. A command that cannot run here is listed in NOT_RUN
-with the reason; a README command that is neither run nor listed fails, so an
-example cannot be added to the README without being run.
+virtualenv). Then every command of every ```sh block of README.md and of
+docs/*.md, and every statement of a ```sql block, runs from a fresh copy of
+that folder, and must exit 0 and print rows. A command that cannot run here is
+listed in NOT_RUN with the reason; a documented command that is neither run
+nor listed fails, so an example cannot be added without being run.
 
 The repository stands alone: every document it names (``*.md``, ``docs/...``)
 exists in it, and so does every file of it the README and ``docs/`` name.
@@ -26,6 +26,7 @@ import yaml
 from tests.conftest import CONFIG_DIR, REPO
 
 README = REPO / "README.md"
+DOCUMENTS = [README, *sorted((REPO / "docs").glob("*.md"))]  # whose sh and sql blocks run
 
 # Commands (as written, comments dropped) that a test cannot run, and why.
 NOT_RUN = {
@@ -47,8 +48,9 @@ def fenced_blocks(text, languages):
 
 
 def readme_commands(text=None):
-    """Every command of the README's sh blocks and every statement of its sql blocks, in order."""
-    text = README.read_text(encoding="utf-8") if text is None else text
+    """Every command of the sh blocks and every statement of the sql blocks of ``text`` (else DOCUMENTS), in order."""
+    if text is None:
+        return [c for path in DOCUMENTS for c in readme_commands(path.read_text(encoding="utf-8"))]
     commands = []
     for language, body in fenced_blocks(text, ("sh", "sql")):
         if language == "sql":
@@ -134,7 +136,7 @@ def assert_runs(kind, command, folder):
 
 # -- the tests --------------------------------------------------------------------
 
-COMMANDS = readme_commands()
+COMMANDS = list(dict.fromkeys(readme_commands()))  # a command shown in two documents runs once
 
 
 @pytest.mark.parametrize("kind, command", [c for c in COMMANDS if bare(c[1]) not in NOT_RUN],
@@ -145,7 +147,7 @@ def test_readme_command_runs_and_prints_rows(kind, command, clone):
 
 def test_the_readme_has_commands_and_every_exception_is_still_in_it():
     assert len(COMMANDS) >= 10
-    assert set(NOT_RUN) <= {bare(c) for _, c in COMMANDS}, "a NOT_RUN command left the README: drop it"
+    assert set(NOT_RUN) <= {bare(c) for _, c in COMMANDS}, "a NOT_RUN command left the documentation: drop it"
 
 
 def test_the_demo_prints_commands_that_run(demo, clone):
@@ -215,7 +217,15 @@ def test_named_documents_finds_paths_and_links():
 
 def test_every_repository_file_the_documentation_names_exists():
     missing = [f"{path.relative_to(REPO)} names {name}"
-               for path in [README, *sorted((REPO / "docs").glob("*.md"))]
+               for path in DOCUMENTS
                for name in set(REPO_FILE.findall(path.read_text(encoding="utf-8")))
                if not (REPO / name).exists()]
     assert not missing, "\n".join(sorted(missing))
+
+
+def test_the_readme_is_a_first_page_and_links_its_reference():
+    # Reference material lives in docs/; the README stays short enough to read first.
+    text = README.read_text(encoding="utf-8")
+    assert len(text.encode("utf-8")) <= 12 * 1024, "README.md grew past 12 KB: move reference material to docs/"
+    linked = set(re.findall(r"\]\((docs/[\w.-]+\.md)[#)]", text))
+    assert {f"docs/{p.name}" for p in REPO.joinpath("docs").glob("*.md")} <= linked, "a docs/ page the README omits"
