@@ -27,13 +27,13 @@ import click
 
 from . import logs
 from .config import inspect_config, load_config
-from .exceptions import ConfigError
+from .exceptions import ConfigError, PortUnavailable
 
 EXIT_UNFINISHED = 1
 EXIT_MISTAKE = 2
 
 _META = "duckstage."  # prefix of this module's entries in click's ctx.meta (shared by nested contexts)
-log = logging.getLogger("duckstage.config")
+log = logging.getLogger(__name__)
 
 
 class UserError(click.ClickException):
@@ -83,6 +83,9 @@ class CommandLine(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:  # e.g. a processor that does not import, found when the stager starts
             raise refused(exc) from None
+        except PortUnavailable as exc:  # found when `run` starts its endpoint
+            config, process = ctx.meta.get(_META + "loaded"), ctx.meta.get(_META + "process")
+            raise config_problem(config, f"{process}.metrics_port", "a port this process can listen on", exc) from None
         except OSError as exc:
             raise UserError(_unusable_path(exc, ctx.meta.get(_META + "loaded"))) from None
         except sqlite3.DatabaseError as exc:  # huey.db is not an SQLite file, or is damaged
@@ -180,6 +183,7 @@ def load(process, lenient=False):
     if refusal is not None and not lenient:
         raise refused(refusal)
     ctx.meta[_META + "loaded"] = config
+    ctx.meta[_META + "process"] = process
     logs.setup(config.log_level, ctx.meta.get(_META + "log_format", "text"), process=process)
     if config.note:
         log.warning(config.note, extra={"event": "config_defaults"})

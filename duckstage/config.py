@@ -475,7 +475,7 @@ class ConfigWatcher:
         self.reloads = 0
         self.restart_required = []  # changed keys that wait for a restart
         self._mtime = self._stat()
-        self._log = logging.getLogger("duckstage.config")
+        self._log = logging.getLogger(__name__)
 
     def _stat(self):
         try:

@@ -10,8 +10,7 @@ import threading
 
 import click
 
-from duckstage.command import CommandLine, Unfinished, UserError, config_problem, load, on_signals, say
-from duckstage.exceptions import PortUnavailable
+from duckstage.command import CommandLine, Unfinished, UserError, load, on_signals, say
 
 from .exceptions import DatabaseBusy, LoaderError
 
@@ -46,10 +45,7 @@ def run():
     config = load("loader")
     loader = Loader(config)
     on_signals(loader.stopped_event, reload=[loader.reload_requested, loader.wake])
-    try:
-        loader.start()
-    except PortUnavailable as exc:
-        raise config_problem(config, "loader.metrics_port", "a port this process can listen on", exc) from None
+    loader.start()  # a metrics port that is taken: duckstage.command names the key, exit 2
     while not loader.stopped_event.wait(1.0):
         pass
     if not loader.stop(timeout=config.loader.shutdown_timeout):

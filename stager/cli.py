@@ -8,10 +8,9 @@ import threading
 import click
 
 from duckstage.backoff import Backoff
-from duckstage.command import CommandLine, Unfinished, UserError, config_problem, load, on_signals
-from duckstage.exceptions import PortUnavailable
+from duckstage.command import CommandLine, Unfinished, UserError, load, on_signals
 
-log = logging.getLogger("duckstage.stager")
+log = logging.getLogger(__name__)
 
 
 @click.group(cls=CommandLine, name="stager")
@@ -50,10 +49,7 @@ def run():
             if stop.wait(delay):
                 return
     on_signals(stop, reload=[stager.reload_requested])
-    try:
-        stager.start()
-    except PortUnavailable as exc:
-        raise config_problem(config, "stager.metrics_port", "a port this process can listen on", exc) from None
+    stager.start()  # a metrics port that is taken: duckstage.command names the key, exit 2
     # Producers must enqueue into this very file: say where it is, as an absolute path.
     log.info("configuration %s; Huey queue %r in %s", config.source, config.huey.name, config.huey.path,
              extra={"event": "queue", "file": str(config.huey.path)})
