@@ -13,7 +13,7 @@ from duckstage.command import CommandLine, Unfinished, UserError, config_problem
 from duckstage.config import load_config
 from duckstage.exceptions import ConfigError, PortUnavailable
 
-log = logging.getLogger("duckstage.stager")
+log = logging.getLogger(__name__)
 
 
 def load_or_exit(config_path):
