@@ -3,7 +3,7 @@
 ``--log-format json`` (either CLI) writes, per record::
 
     {"timestamp": "2026-01-05T08:00:00.123Z", "level": "INFO", "process": "stager",
-     "pid": 4242, "thread": "worker-0", "logger": "duckstage.stager", "event": "sealed",
+     "pid": 4242, "thread": "worker-0", "logger": "stager.sealer", "event": "sealed",
      "message": "sealed stock_daily-….parquet: 1000 rows from 3 task(s)",
      "task_type": "stock_daily", "file": "stock_daily-….parquet",
      "figures": {"rows": 1000, "tasks": 3, "lag_seconds": 4.2}}

@@ -3,6 +3,14 @@
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
+def per_task_type(kind, name, doc, per_type, key):
+    """A family with one sample per task type: ``per_type[task type][key]`` (missing or None: 0)."""
+    family = kind(name, doc, labels=["task_type"])
+    for task_type, figures in sorted(per_type.items()):
+        family.add_metric([task_type], figures.get(key) or 0)
+    return family
+
+
 def process_families(process, st):
     """Thread states and live-configuration figures, alike for both processes."""
     prefix = f"duckstage_{process}"

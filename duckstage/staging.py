@@ -37,6 +37,11 @@ _NAME_RE = re.compile(
 )
 
 
+def utcnow():
+    """The current time in UTC, timezone-aware: the one clock both processes stamp things with."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
 @dataclass(frozen=True, order=True)
 class StagedFile:
     """A sealed file's identity, parsed from its name. Orders in seal order."""
@@ -56,7 +61,7 @@ class StagedFile:
 
     @classmethod
     def new(cls, task_type, instance, seq, now=None):
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or utcnow()
         return cls(now.strftime(_TS_FORMAT), instance, seq, task_type)
 
     @property

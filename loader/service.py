@@ -54,7 +54,7 @@ from duckstage.backoff import Backoff
 from duckstage.config import ConfigWatcher
 from duckstage.datasets import FETCHED_AT
 from duckstage.ops import LagHistogram, OpsServer, StatusCollector, writable, write_snapshot
-from duckstage.staging import remove_leftovers
+from duckstage.staging import remove_leftovers, utcnow
 
 from . import filing
 from .discovery import Watcher, not_staged, scan, unknown_folders
@@ -70,10 +70,6 @@ RECHECK = 1.0  # seconds before another look at files a step left for later (sti
 PROGRESS_WRITE = 1.0  # at most one status snapshot a second while a step makes progress
 STUCK_FLOOR = 120.0  # a step is never called stuck sooner (seconds without progress)
 STUCK_PACE = 2000.0  # rows a second: a transaction slower than this counts as stuck
-
-
-def _utcnow():
-    return dt.datetime.now(dt.timezone.utc)
 
 
 class _Halt:
@@ -173,7 +169,7 @@ class Loader:
         for task_type, paths in pending.items():
             if self.stopped_event.is_set():
                 break
-            self._loading = {"task_type": task_type, "files": len(paths), "done": 0, "since": _utcnow().isoformat()}
+            self._loading = {"task_type": task_type, "files": len(paths), "done": 0, "since": utcnow().isoformat()}
             self._write_status()  # before the database: `loader status` says what a slow open waits for
             self.warehouse.open()
             fetched = {}  # file name -> (oldest, newest) fetch time, read at commit
@@ -254,7 +250,7 @@ class Loader:
                                         "newest": round(min(n for _, n in lags).total_seconds(), 3)}
         self.last_loaded_at[task_type] = time.time()
         self.last_load = {"task_type": task_type, "files": len(out.loaded), "rows": out.rows,
-                          "inserted": out.inserted, "updated": out.updated, "at": _utcnow().isoformat()}
+                          "inserted": out.inserted, "updated": out.updated, "at": utcnow().isoformat()}
         log.info("loaded %d file(s) of %s: %d rows, %d inserted, %d updated", len(out.loaded), task_type,
                  out.rows, out.inserted, out.updated,
                  extra={"event": "loaded", "task_type": task_type, "file": out.loaded[-1],
@@ -264,12 +260,12 @@ class Loader:
     def _busy(self, exc, now, what, probe=False):
         self.warehouse.close()  # release, so whoever holds it can finish
         self.retries += 1
-        attempts = self.backoff.attempts + 1
+        delay = self.backoff.next()
+        attempts = self.backoff.attempts
         slow = attempts > self.config.loader.max_retries
-        delay = self.config.loader.retry_max_delay if slow else self.backoff.next()
         if slow:
-            self.backoff.attempts = attempts
-        since = self._retry["since"] if self._retry else _utcnow().isoformat()
+            delay = self.config.loader.retry_max_delay
+        since = self._retry["since"] if self._retry else utcnow().isoformat()
         self._retry = {"what": what, "error": str(exc).splitlines()[0], "attempts": attempts, "delay": delay,
                        "slow": slow, "since": since, "next_at": now + delay, "probe": probe}
         self.state = "retrying"
@@ -295,7 +291,7 @@ class Loader:
         return True
 
     def _sweep(self):
-        today = _utcnow().date()
+        today = utcnow().date()
         if self._last_sweep != today:
             self._last_sweep = today
             for day in filing.sweep_archive(self.config.archive_dir, self.config.loader.archive_retention_days):
@@ -329,9 +325,7 @@ class Loader:
         self.config, outcome = self.watcher.poll(self.config)
         lc = self.config.loader
         if outcome == "applied" and (old.retry_delay, old.retry_max_delay) != (lc.retry_delay, lc.retry_max_delay):
-            attempts = self.backoff.attempts
-            self.backoff = Backoff(lc.retry_delay, 2.0, max(lc.retry_max_delay, lc.retry_delay))
-            self.backoff.attempts = attempts
+            self.backoff.retune(lc.retry_delay, 2.0, max(lc.retry_max_delay, lc.retry_delay))
         return outcome is not None
 
     # -- status -------------------------------------------------------------
@@ -343,7 +337,7 @@ class Loader:
             "process": "loader",
             "pid": os.getpid(),
             "started_at": self.started_at,
-            "updated_at": _utcnow().isoformat(),
+            "updated_at": utcnow().isoformat(),
             "state": self.state,
             "loading": dict(self._loading) if self._loading else None,
             "step": self._step_status(),

@@ -31,6 +31,9 @@ import pyarrow.compute as pc
 
 from duckstage.datasets import ANCHOR_DATE, FETCHED_AT, TASK_ID, undeclared_name_problem
 
+from .deadletter import Refusal
+from .exceptions import COLUMN_NAME, INVALID_VALUE, MISSING_VALUE, PATTERN
+
 
 @dataclass
 class Part:
@@ -42,17 +45,10 @@ class Part:
     params: dict = field(default_factory=dict)
 
 
-# What kind of problem refused a row (a dead-letter metric label).
-MISSING_VALUE = "missing_value"
-PATTERN = "pattern"
-INVALID_VALUE = "invalid_value"
-COLUMN_NAME = "column_name"
-
-
 @dataclass
 class Cleaned:
     table: pa.Table  # good rows of every part, in the staged schema (declared, system, then undeclared columns)
-    bad: list = field(default_factory=list)  # [(part index, original row dict, reason, kind)]
+    bad: list = field(default_factory=list)  # [(part index, Refusal of the original row dict)]
     new_columns: list = field(default_factory=list)  # undeclared columns kept in ``table``
     counts: list = field(default_factory=list)  # good rows per part; the table holds them in part order
 
@@ -79,7 +75,7 @@ def clean_many(dataset, parts):
             if combined is not None:
                 return _clean(dataset, combined, parts)
         results = [clean_many(dataset, [p]) for p in parts]
-        bad = [(i, *refused[1:]) for i, r in enumerate(results) for refused in r.bad]
+        bad = [(i, refusal) for i, r in enumerate(results) for _, refusal in r.bad]
         new = list(dict.fromkeys(c for r in results for c in r.new_columns))
         counts = [c for r in results for c in r.counts]
         return Cleaned(concat_staged([r.table for r in results]), bad, new, counts)
@@ -117,7 +113,7 @@ def _clean(dataset, data, parts):
         part_of_row += [i] * count
 
     declared = [c.name for c in dataset.columns]
-    errors = {}  # row index -> [(reason, kind)]
+    errors = {}  # row index -> [(reason, code)]
     arrays = []
     for col in dataset.columns:
         values = column(col.name)
@@ -163,7 +159,8 @@ def _clean(dataset, data, parts):
         for i in sorted(errors):
             keep[i] = False
             counts[part_of_row[i]] -= 1
-            bad.append((part_of_row[i], original(i), "; ".join(r for r, _ in errors[i]), errors[i][0][1]))
+            # The first problem's code names the row's reason; the text lists them all.
+            bad.append((part_of_row[i], Refusal(original(i), "; ".join(r for r, _ in errors[i]), errors[i][0][1])))
         mask = pa.array(keep, pa.bool_())
         table = table.filter(mask)
         part_index = part_index.filter(mask)

@@ -17,11 +17,20 @@ import math
 import os
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 from duckstage.exceptions import ResourceError
-from duckstage.staging import fsync_dir
+from duckstage.staging import fsync_dir, utcnow
 
 UNKNOWN = "_unknown_task_type"
+
+
+class Refusal(NamedTuple):
+    """One refused row: the row as it was sent, the reason in words, and its code (stager.exceptions)."""
+
+    row: object
+    reason: str
+    code: str
 
 
 def _jsonable(value):
@@ -48,20 +57,20 @@ class DeadLetter:
         self._lock = threading.Lock()
 
     def path_for(self, task_type, now=None):
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or utcnow()
         return self.folder / task_type / f"{task_type}-{now:%Y%m%d}-{self.instance}.jsonl"
 
-    def write(self, task_type, rows, task_id, params=None, known=True):
-        """Append ``rows`` ([(row, reason)]) durably; return how many were written."""
-        if not rows:
+    def write(self, task_type, refusals, task_id, params=None, known=True):
+        """Append ``refusals`` ([Refusal]) durably; return how many were written."""
+        if not refusals:
             return 0
         folder = task_type if known else UNKNOWN
-        now = dt.datetime.now(dt.timezone.utc)
+        now = utcnow()
         lines = []
-        for row, reason in rows:
+        for refusal in refusals:
             record = {
-                "task_id": task_id, "task_type": task_type, "reason": reason,
-                "row": _jsonable(row), "params": _jsonable(params or {}),
+                "task_id": task_id, "task_type": task_type, "reason": refusal.reason,
+                "row": _jsonable(refusal.row), "params": _jsonable(params or {}),
                 "refused_at": now.isoformat(),
             }
             lines.append(json.dumps(record, ensure_ascii=False, allow_nan=False))

@@ -12,8 +12,24 @@ here too so producers can catch it without knowing the shared package.
 from duckstage.exceptions import ConfigError, DuckstageError, ResourceError  # noqa: F401 - producers' names
 
 
+# Why a row was refused: a code, carried as data from where the refusal is decided to
+# the dead-letter counters (the ``reason`` label of duckstage_stager_rows_deadlettered).
+MISSING_VALUE = "missing_value"          # a required value is NULL, NaN, inf or empty
+PATTERN = "pattern"                      # a value fails its column's pattern
+INVALID_VALUE = "invalid_value"          # a value is not of its column's type
+COLUMN_NAME = "column_name"              # an undeclared column the warehouse could not hold
+UNKNOWN_TASK_TYPE = "unknown_task_type"  # the datasets file does not declare the task type
+UNREADABLE_TASK = "unreadable_task"      # the task's data could not be read (or cleaned) at all
+PROCESSOR_ERROR = "processor_error"      # the custom processor raised or returned something unusable
+PROCESSOR_REJECTED = "processor_rejected"  # the custom processor refused the row with _error
+
+
 class RowError(DuckstageError):
-    """A row that cannot be made valid; carries the reason for the dead letter."""
+    """Rows that cannot be made valid: they go to the dead letter with ``reason``, a code above."""
+
+    def __init__(self, message, reason):
+        super().__init__(message)
+        self.reason = reason
 
 
 class UnknownTaskType(DuckstageError, ValueError):

@@ -6,7 +6,7 @@ Every metric here is a reading of one status field, so ``stager status`` and
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from duckstage.metrics import process_families
+from duckstage.metrics import per_task_type, process_families
 from duckstage.ops import histogram_buckets
 
 TT = ["task_type"]
@@ -15,12 +15,6 @@ TT = ["task_type"]
 def families(st):
     """Metric families of one stager status dict."""
     per_type = st.get("task_types", {})
-
-    def per_task_type(kind, name, doc, key):
-        fam = kind(name, doc, labels=TT)
-        for task_type, t in sorted(per_type.items()):
-            fam.add_metric([task_type], t.get(key, 0))
-        return fam
 
     yield GaugeMetricFamily("duckstage_stager_up", "1 while the stager runs, 0 while it stops",
                             value=1 if st.get("state") == "running" else 0)
@@ -32,15 +26,17 @@ def families(st):
         yield GaugeMetricFamily("duckstage_stager_start_time_seconds", "When the stager started (unix time)",
                                 value=st["started_at"])
 
-    yield per_task_type(CounterMetricFamily, "duckstage_stager_tasks", "Huey tasks (or results) consumed", "tasks")
-    yield per_task_type(CounterMetricFamily, "duckstage_stager_rows_in", "Rows consumed from tasks", "rows_in")
-    yield per_task_type(CounterMetricFamily, "duckstage_stager_rows_staged", "Rows written to sealed files",
-                        "rows_staged")
-    yield per_task_type(CounterMetricFamily, "duckstage_stager_files_sealed", "Staging files sealed", "files_sealed")
-    yield per_task_type(CounterMetricFamily, "duckstage_stager_rows_superseded",
-                        "Rows replaced by a newer version of the same key within one file", "rows_superseded")
-    yield per_task_type(CounterMetricFamily, "duckstage_stager_rows_filtered",
-                        "Rows a custom processor dropped", "rows_filtered")
+    counters = (
+        ("duckstage_stager_tasks", "Huey tasks (or results) consumed", "tasks"),
+        ("duckstage_stager_rows_in", "Rows consumed from tasks", "rows_in"),
+        ("duckstage_stager_rows_staged", "Rows written to sealed files", "rows_staged"),
+        ("duckstage_stager_files_sealed", "Staging files sealed", "files_sealed"),
+        ("duckstage_stager_rows_superseded", "Rows replaced by a newer version of the same key within one file",
+         "rows_superseded"),
+        ("duckstage_stager_rows_filtered", "Rows a custom processor dropped", "rows_filtered"),
+    )
+    for name, doc, key in counters:
+        yield per_task_type(CounterMetricFamily, name, doc, per_type, key)
 
     seals = CounterMetricFamily("duckstage_stager_seals", "Batch saves (seals of a staging file) by result",
                                 labels=["task_type", "result"])
@@ -56,12 +52,13 @@ def families(st):
             dead.add_metric([task_type, reason], n)
     yield dead
 
-    yield per_task_type(GaugeMetricFamily, "duckstage_stager_buffer_rows", "Rows buffered, not yet sealed",
-                        "buffer_rows")
-    yield per_task_type(GaugeMetricFamily, "duckstage_stager_buffer_bytes", "Bytes buffered, not yet sealed",
-                        "buffer_bytes")
-    yield per_task_type(GaugeMetricFamily, "duckstage_stager_buffer_age_seconds",
-                        "Age of the oldest buffered row", "buffer_age_seconds")
+    gauges = (
+        ("duckstage_stager_buffer_rows", "Rows buffered, not yet sealed", "buffer_rows"),
+        ("duckstage_stager_buffer_bytes", "Bytes buffered, not yet sealed", "buffer_bytes"),
+        ("duckstage_stager_buffer_age_seconds", "Age of the oldest buffered row", "buffer_age_seconds"),
+    )
+    for name, doc, key in gauges:
+        yield per_task_type(GaugeMetricFamily, name, doc, per_type, key)
 
     batch = GaugeMetricFamily("duckstage_stager_batch_setting", "Live batch settings in force",
                               labels=["task_type", "setting"])

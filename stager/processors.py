@@ -32,16 +32,20 @@ import pyarrow.compute as pc
 from duckstage.datasets import TASK_ID
 from duckstage.exceptions import ConfigError
 
-from .exceptions import RowError
+from .deadletter import Refusal
+from .exceptions import PROCESSOR_ERROR, PROCESSOR_REJECTED, RowError
 
 GROUP = "duckstage.processors"
 ERROR_COLUMN = "_error"
 
-log = logging.getLogger("duckstage.stager")
+log = logging.getLogger(__name__)
 
 
 class Refused(RowError):
-    """The processor raised or returned something unusable: its rows go to the dead letter."""
+    """The processor raised or returned something unusable: every row it was given goes to the dead letter."""
+
+    def __init__(self, message):
+        super().__init__(message, PROCESSOR_ERROR)
 
 
 def load_callable(spec, source, key):
@@ -105,7 +109,7 @@ def for_datasets(datasets, group=GROUP):
 class Applied:
     table: pa.Table  # the processor's rows in the staged schema, grouped by task in the given order
     counts: list     # rows per task, in the given order
-    rejected: list   # [(task index, row dict, reason)]: rows refused with _error
+    rejected: list   # [(task index, Refusal)]: rows refused with _error
 
 
 def apply(registered, dataset, table, task_ids):
@@ -147,7 +151,7 @@ def apply(registered, dataset, table, task_ids):
             bad = out.filter(refused)
             for i, row, reason in zip(index.filter(refused).to_pylist(), bad.select(as_given).to_pylist(),
                                       bad.column(ERROR_COLUMN).to_pylist()):
-                rejected.append((i, row, f"processor {name}: {reason}"))
+                rejected.append((i, Refusal(row, f"processor {name}: {reason}", PROCESSOR_REJECTED)))
             keep = pc.invert(refused)
             out, index = out.filter(keep), index.filter(keep)
         out = out.drop_columns([ERROR_COLUMN])

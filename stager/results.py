@@ -36,19 +36,20 @@ class TaskResult:
     task_type: str
     data: object
     params: dict = field(default_factory=dict)
-    fetched_at: dt.datetime = None  # UTC, naive
+    fetched_at: dt.datetime = None  # UTC, naive (an aware time is converted)
     task_id: str = None
     error: str = None
+
+    def __post_init__(self):
+        # Parquet's _fetched_at is a naive UTC timestamp: an aware time is kept in UTC, naive.
+        if self.fetched_at is not None and self.fetched_at.tzinfo is not None:
+            self.fetched_at = self.fetched_at.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
     @property
     def rows(self):
         if self.data is None:
             return 0
         return self.data.num_rows if isinstance(self.data, pa.Table) else len(self.data)
-
-
-def utcnow():
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
 def to_rows(data):

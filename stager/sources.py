@@ -21,10 +21,12 @@ from dataclasses import dataclass
 
 from huey.exceptions import HueyException
 
-from .results import TaskResult, utcnow
+from duckstage.staging import utcnow
+
+from .results import TaskResult
 from .tasks import TASK_NAME
 
-log = logging.getLogger("duckstage.stager")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -28,9 +28,11 @@ from huey import Huey
 from huey.api import chord, group
 from huey.signals import SIGNAL_ENQUEUED
 
+from duckstage.staging import utcnow
+
 from .exceptions import UnknownTaskType
 from .queue import build_storage_huey
-from .results import TaskResult, TaskType, to_rows, utcnow
+from .results import TaskResult, TaskType, to_rows
 
 TASK_NAME = "process_fetched_data"
 FETCHED_AT_PARAM = "fetched_at"
@@ -158,7 +160,7 @@ def _producer_config():
     from duckstage.config import load_config
     from duckstage.exceptions import ConfigError
 
-    log = logging.getLogger("duckstage.producer")
+    log = logging.getLogger(__name__)
     try:
         config = load_config()
     except ConfigError as exc:

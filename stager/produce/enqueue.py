@@ -2,7 +2,9 @@
 
 import datetime as dt
 
-from ..results import TaskType, utcnow
+from duckstage.staging import utcnow
+
+from ..results import TaskType
 
 
 def produce(process_fetched_data, batches, *, stamp=True, clock=utcnow, progress=None):

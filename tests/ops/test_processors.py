@@ -154,5 +154,5 @@ def test_a_package_registers_a_processor_by_entry_point(tmp_path, rules, produce
     monkeypatch.syspath_prepend(str(site))
     config = configured(tmp_path, None)
     stager, _ = run(config, producer, ("stock_daily", daily_rows(1)))
-    assert stager.transforms["stock_daily"].origin == "entry point"
+    assert stager.processors["stock_daily"].origin == "entry point"
     assert [r["close"] for r in staged(config)] == [20.4]

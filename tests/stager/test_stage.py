@@ -426,3 +426,72 @@ def test_requeue_refuses_a_file_that_is_not_a_dead_letter_and_leaves_it_alone(ma
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert str(other) in out.stderr
     assert other.read_text() == body and not (tmp_path / "replayed").exists()
+
+
+def test_a_bug_that_ends_a_lease_batch_still_acknowledges_the_claims_already_dead_lettered(make_config, producer):
+    """A claim whose rows all went to the dead letter is done. If a bug ends its lease
+    batch later on (here a seal that raises what nobody foresaw), it is acknowledged,
+    not left leased to run and be dead-lettered a second time after a restart."""
+    _, config = make_config(stager={"batch_size": 3})
+    enqueue = producer(config)
+    bad = daily_rows(1)
+    bad[0]["close"] = "abc"
+    enqueue(TaskType.STOCK_DAILY, bad)
+    enqueue(TaskType.STOCK_DAILY, daily_rows(3, start=10))  # fills the buffer: sealed inside the batch
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(config.staging_dir)):
+            raise RuntimeError("a bug while sealing")
+        os.fsync(fd)
+
+    stager = Stager(config, fsync=fsync)
+    stager.prepare()
+    with pytest.raises(RuntimeError, match="a bug while sealing"):
+        stager.stage_next()
+    assert len(deadletters(config)) == 1  # written once, and not to be written again
+    assert stager.huey.storage.lease_count() == 1  # only the task whose rows wait in the buffer
+    assert stager.buffers["stock_daily"].rows == 3
+
+
+def test_a_refused_rows_reason_code_travels_with_it_whatever_its_text_says(make_config, producer):
+    """The dead-letter count by reason reads the code the refusal carries: a value whose
+    text reads like another reason ("required value is missing") is still counted as
+    the invalid value it is, and a processor's refusal carries its own code."""
+    from stager.exceptions import PROCESSOR_ERROR
+    from stager.processors import Refused
+
+    _, config = make_config(stager={"batch_size": 10})
+    enqueue = producer(config)
+    rows = daily_rows(2)
+    rows[0]["close"] = "required value is missing (NULL, NaN, inf or empty)"
+    enqueue(TaskType.STOCK_DAILY, rows)
+    stager = Stager(config)
+    stager.prepare()
+    drain(stager)
+    status = stager.get_status()["task_types"]["stock_daily"]
+    assert status["deadlettered_by_reason"] == {"invalid_value": 1} and status["rows_deadlettered"] == 1
+    assert Refused("processor x raised ValueError: missing value").reason == PROCESSOR_ERROR
+
+
+def test_fetch_times_are_staged_as_naive_utc_whatever_zone_they_came_in(make_config, producer):
+    """The staged _fetched_at stays TIMESTAMP without a zone, holding UTC: the stager stamps
+    with an aware clock, and a producer may send a time in its own zone."""
+    from stager.results import TaskResult
+
+    beijing = dt.timezone(dt.timedelta(hours=8))
+    assert TaskResult("stock_daily", [], fetched_at=dt.datetime(2024, 1, 2, 8, tzinfo=beijing)).fetched_at \
+        == dt.datetime(2024, 1, 2, 0, 0)
+    _, config = make_config(stager={"batch_size": 10})
+    enqueue = producer(config)
+    enqueue(TaskType.STOCK_DAILY, daily_rows(1), fetched_at="2024-01-02T08:00:00+08:00")
+    enqueue(TaskType.STOCK_DAILY, daily_rows(1, start=5))  # stamped at enqueue by the stager's clock
+    stager = Stager(config)
+    stager.prepare()
+    drain(stager)
+    assert stager.seal_all() == 1
+    [path] = staged_paths(config, "stock_daily")
+    table = pq.read_table(path)
+    assert table.schema.field("_fetched_at").type == pa.timestamp("us")
+    first, second = table.column("_fetched_at").to_pylist()
+    assert first == dt.datetime(2024, 1, 2, 0, 0)
+    assert abs((dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - second).total_seconds()) < 600

@@ -1,0 +1,66 @@
+"""The stager's hold on Huey work: claiming it, and letting it go (acknowledge or release).
+
+A claim is acknowledged only once every row of it is in a sealed file or in
+the (fsynced) dead letter; a claim whose refused rows could not be written is
+released, to be handed out again. Huey's storage may be busy (another process
+holds the SQLite file): settling retries with backoff rather than give up at
+the first refusal, since a claim left unsettled only runs again after a restart.
+"""
+
+import logging
+import threading
+import time
+
+from duckstage.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+SETTLE_ATTEMPTS = 20  # then give up: the claims stay leased and run again after a restart
+
+
+class Claims:
+    def __init__(self, source, stats):
+        self.source = source  # a QueueSource or a ResultSource (stager.sources)
+        self.stats = stats
+        self._recover_lock = threading.Lock()
+        self._recovered = False
+
+    def recover(self):
+        """Once per start: release the leases of earlier instances, so their tasks run again."""
+        with self._recover_lock:
+            if self._recovered:
+                return
+            moved = self.source.recover()
+            self._recovered = True
+        if moved:
+            log.warning("re-queued %d task(s) leased by an earlier stager that did not finish", moved)
+
+    def claim(self):
+        """The next lease batch of claims (empty: no work)."""
+        self.recover()
+        return self.source.claim_many()
+
+    def ack(self, tokens):
+        # Sealed but not acknowledged if this gives up: the tasks run again after a
+        # restart and the loader's MERGE absorbs the duplicate rows.
+        self._settle(self.source.ack, tokens, "acknowledge", "they will be staged again after a restart")
+
+    def release(self, tokens):
+        self._settle(self.source.release, tokens, "release", "they run again after a restart")
+
+    def _settle(self, settle, tokens, verb, otherwise):
+        tokens = [t for t in tokens if t is not None]
+        backoff = Backoff(0.05, 2.0, 5.0)
+        while True:
+            try:
+                settle(tokens)
+                return
+            except Exception as exc:  # noqa: BLE001 - sqlite busy/IO: keep trying
+                self.stats.error("database_connection")
+                delay = backoff.next()
+                log.warning("cannot %s %d claim(s) yet (%s); retrying in %.2fs", verb, len(tokens), exc, delay)
+                if backoff.attempts > SETTLE_ATTEMPTS:
+                    log.error("giving up trying to %s %d claim(s); %s", verb, len(tokens), otherwise)
+                    return
+                # Not a wait on the stop event: the seals of a stop must still be acknowledged.
+                time.sleep(delay)
