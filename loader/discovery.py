@@ -30,7 +30,7 @@ from watchdog.observers import Observer
 from duckstage import staging
 from duckstage.staging import StagedFile
 
-from .exceptions import FileRefused
+from .exceptions import MISSING_KEY, NOT_REGULAR, RESERVED_COLUMN, UNREADABLE, WRONG_FILE, FileRefused
 from .warehouse import reserved
 
 log = logging.getLogger(__name__)
@@ -157,10 +157,11 @@ def check_regular(path):
         raise FileRefused(
             f"{path.name} is a symbolic link to {target}; the loader reads only regular files in data/",
             "the link was moved here and what it points to left alone; to load a file it points to,"
-            " `loader reload` that file (it is copied in), then remove the link")
+            " `loader reload` that file (it is copied in), then remove the link", reason=NOT_REGULAR)
     if not stat.S_ISREG(st.st_mode):
         raise FileRefused(f"{path.name} is not a regular file: it is {kind(st.st_mode)}",
-                          "remove it; put sealed Parquet files in staging/ with `loader reload` or an atomic mv")
+                          "remove it; put sealed Parquet files in staging/ with `loader reload` or an atomic mv",
+                          reason=NOT_REGULAR)
     return st
 
 
@@ -168,7 +169,7 @@ def unreadable(error):
     """The refusal of a file that is not Parquet, or damaged."""
     return FileRefused(f"unreadable Parquet file: {error}",
                        "the file is damaged; fetch the data again (the producer's task ids are lost "
-                       "with the footer) or restore it from a copy, then `loader reload` it")
+                       "with the footer) or restore it from a copy, then `loader reload` it", reason=UNREADABLE)
 
 
 def check_footer(f, size):
@@ -198,7 +199,7 @@ def open_regular(path, follow=False):
     f = os.fdopen(fd, "rb")
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped since it was checked
         f.close()
-        raise FileRefused(f"{Path(path).name} is not a regular file", "remove it")
+        raise FileRefused(f"{Path(path).name} is not a regular file", "remove it", reason=NOT_REGULAR)
     return f
 
 
@@ -209,11 +210,11 @@ def inspect(path, dataset):
     staged = StagedFile.parse(path.name)
     if staged is None:
         raise FileRefused(f"{path.name!r} is not a sealed staged file name",
-                          "rename it <task_type>-<stamp>-<instance>-<seq>.parquet, or remove it")
+                          "rename it <task_type>-<stamp>-<instance>-<seq>.parquet, or remove it", reason=WRONG_FILE)
     if staged.task_type != dataset.name:
         raise FileRefused(
             f"file name says task type {staged.task_type!r} but it is in the {dataset.name!r} folder",
-            f"move it to staging/{staged.task_type}/ if that is right, then `loader reload` it")
+            f"move it to staging/{staged.task_type}/ if that is right, then `loader reload` it", reason=WRONG_FILE)
     try:
         f = open_regular(path)
     except FileNotFoundError:
@@ -236,7 +237,8 @@ def inspect(path, dataset):
         declared = footer.get("task_type")
         if declared is not None and declared != dataset.name:
             raise FileRefused(f"footer says task type {declared!r}, the name says {dataset.name!r}",
-                              "move it to the folder of its footer's task type and `loader reload` it")
+                              "move it to the folder of its footer's task type and `loader reload` it",
+                              reason=WRONG_FILE)
         columns = {fld.name: duckdb_type(fld.type) for fld in schema}
         clashing = [c for c in columns if reserved(c)]
         if clashing:
@@ -244,11 +246,12 @@ def inspect(path, dataset):
                 f"column(s) {', '.join(clashing)}: a name reserved by the loader (file_row_number,"
                 f" or starting with __duckstage_)",
                 "rename the column in the producer (or rewrite the file with it renamed), then"
-                " fetch again or `loader reload` the file")
+                " fetch again or `loader reload` the file", reason=RESERVED_COLUMN)
         missing = [c for c in dataset.primary_key if c not in columns]
         if missing:
             raise FileRefused(f"primary-key column(s) {', '.join(missing)} missing from the file",
-                              "the file cannot be merged by key; fix the producer and fetch the data again")
+                              "the file cannot be merged by key; fix the producer and fetch the data again",
+                              reason=MISSING_KEY)
         return Inspected(path, staged, size, checksum(f), meta.num_rows, columns)
 
 

@@ -148,11 +148,6 @@ def quarantined_name(quarantine_dir, task_type, name):
     return name if _fits(Path(quarantine_dir) / task_type, longest) else _shortened(name)
 
 
-def report_path(quarantine_dir, task_type, name):
-    """The error report of the refused file ``name``."""
-    return Path(quarantine_dir) / task_type / (quarantined_name(quarantine_dir, task_type, name) + REPORT_SUFFIX)
-
-
 def quarantine(quarantine_dir, task_type, path, refused, now=None):
     """Move a refused file to ``quarantine/<task_type>/`` with ``<name>.error.json`` beside it."""
     path = Path(path)
@@ -165,6 +160,7 @@ def quarantine(quarantine_dir, task_type, path, refused, now=None):
             "from": str(path),
             "task_type": task_type,
             "error": refused.error,
+            "reason": refused.reason,
             "what_to_do": refused.action,
             "quarantined_at": (now or dt.datetime.now(dt.timezone.utc)).isoformat(),
         }

@@ -18,6 +18,7 @@ import logging
 import os
 import stat
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from duckstage.staging import StagedFile
 
 from . import filing
 from .discovery import checksum, inspect, kind, open_regular
-from .exceptions import DatabaseBusy, FileRefused, LoaderError
+from .exceptions import CHECKSUM_MISMATCH, TABLE_REFUSED, VANISHED, DatabaseBusy, FileRefused, LoaderError
 from .warehouse import FORCE, LOAD, MANIFEST, check_columns, is_busy
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Outcome:
     quarantined: list = field(default_factory=list)  # file names refused
     duplicates: list = field(default_factory=list)   # content loaded under another name: archived, not merged
     expired: list = field(default_factory=list)      # rebuild: listed, but removed by archive retention
+    reasons: Counter = field(default_factory=Counter)  # quarantined files by reason code
     rows: int = 0          # rows read from the merged files
     inserted: int = 0
     updated: int = 0
@@ -52,6 +54,7 @@ class Outcome:
     def add(self, other):
         for name in ("loaded", "skipped", "quarantined", "duplicates", "expired"):
             getattr(self, name).extend(getattr(other, name))
+        self.reasons.update(other.reasons)
         for name in ("rows", "inserted", "updated", "seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.stopped = self.stopped or other.stopped
@@ -78,9 +81,10 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
 
     def refuse(path, refused):
         if not transaction:
-            raise FileRefused(f"{Path(path).name!r}: {refused.error}", refused.action)
+            raise refused.naming(Path(path).name)
         filing.quarantine(config.quarantine_dir, dataset.name, path, refused)
         out.quarantined.append(Path(path).name)
+        out.reasons[refused.reason] += 1
         progress(1, 0)
 
     files = []
@@ -94,13 +98,14 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
         except FileNotFoundError:
             if not transaction:
                 raise FileRefused(f"{Path(path).name!r} vanished while it was being replayed",
-                                  "find out what removed it, restore it and run the rebuild again") from None
+                                  "find out what removed it, restore it and run the rebuild again",
+                                  reason=VANISHED) from None
             continue  # moved by a concurrent reload since the scan
         progress(0, 0)  # a file read through: a sign of life for the step watch
     files.sort(key=lambda f: f.staged)
 
     if mode == LOAD and files:
-        done = _guard(wh.loaded, [f.name for f in files])
+        done = _guard(wh, "read the manifest", wh.loaded, [f.name for f in files])
         fresh = []
         for f in files:
             if f.name not in done:
@@ -113,10 +118,12 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
             else:
                 refuse(f.path, FileRefused(
                     f"a different file with the name {f.name} was already loaded (checksum {done[f.name]})",
-                    "compare it with the archived copy; `loader reload --force` it if it must replace that one"))
+                    "compare it with the archived copy; `loader reload --force` it if it must replace that one",
+                    reason=CHECKSUM_MISMATCH))
         files = fresh
 
-    table = _guard(wh.table_columns, dataset.name) or {c.name: c.type for c in dataset.all_columns}
+    table = _guard(wh, "read the table's columns", wh.table_columns, dataset.name) \
+        or {c.name: c.type for c in dataset.all_columns}
     planned = dict(table)
     accepted = []
     for f in files:
@@ -177,7 +184,7 @@ def _load_batch(wh, dataset, batch, planned, mode, settle, refuse, progress):
         except duckdb.Error as exc:
             # The data was accepted; writing it failed (disk full, I/O error):
             # retry later with backoff, the files stay in staging/.
-            raise DatabaseBusy(f"{wh.path}: commit failed: {exc}") from exc
+            raise DatabaseBusy(wh.path, "commit", exc) from exc
     except FileRefused as refused:
         wh.rollback()
         if len(batch) > 1:
@@ -219,10 +226,11 @@ def _merge(wh, dataset, batch, planned, mode, progress, raise_refused):
         wh.record(dataset.name, batch, merged, forced=(mode == FORCE))
     except duckdb.Error as exc:
         if is_busy(exc) and not any(str(f.path) in str(exc) for f in batch):
-            raise DatabaseBusy(f"{wh.path}: {exc}") from exc
+            raise DatabaseBusy(wh.path, "merge", exc) from exc
         names = ", ".join(f.name for f in batch)
         raise FileRefused(f"table {dataset.name} refused {names}: {exc}".replace("\n", " "),
-                          "read the error; fix the table or the file, then `loader reload` it") from exc
+                          "read the error; fix the table or the file, then `loader reload` it",
+                          reason=TABLE_REFUSED) from exc
     out = Outcome(loaded=[f.name for f in batch], rows=sum(f.rows for f in batch),
                   inserted=sum(merged.inserted.values()), updated=sum(merged.updated.values()),
                   seconds=time.monotonic() - started, duplicates=duplicates)
@@ -251,12 +259,12 @@ def _without_duplicates(wh, batch):
     return fresh, duplicates
 
 
-def _guard(fn, *args):
+def _guard(wh, doing, fn, *args):
     """Run a catalog query; a database failure there is a busy database."""
     try:
         return fn(*args)
     except duckdb.Error as exc:
-        raise DatabaseBusy(f"{exc}") from exc
+        raise DatabaseBusy(wh.path, doing, exc) from exc
 
 
 # -- the CLI's operations ---------------------------------------------------------
@@ -431,7 +439,7 @@ def rebuild(wh, config, task_types, progress=None, stop=None):
     for task_type in task_types:
         dataset = config.datasets[task_type]
         found = archived(config.archive_dir, task_type)
-        listed = _guard(wh.files, task_type)
+        listed = _guard(wh, "read the manifest", wh.files, task_type)
         gone = [n for n in listed if n not in found]
         expired = [n for n in gone if _expired(n, config.loader.archive_retention_days)]
         missing = [n for n in gone if n not in expired]

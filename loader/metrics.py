@@ -14,31 +14,6 @@ from duckstage.ops import histogram_buckets
 TT = ["task_type"]
 STATES = ("idle", "loading", "retrying", "stopped")
 
-# Quarantine reasons, from the start of the error a file was refused with.
-_REASONS = (
-    ("unreadable Parquet", "unreadable"),
-    ("is a symbolic link to", "not_regular"),
-    ("is not a regular file", "not_regular"),
-    ("a name reserved by the loader", "reserved_column"),
-    ("is not a sealed staged file name", "wrong_file"),
-    ("file name says task type", "wrong_file"),
-    ("footer says task type", "wrong_file"),
-    ("primary-key column", "missing_key"),
-    ("a different file with the name", "checksum_mismatch"),
-    ("(loader.new_columns: quarantine)", "new_column"),
-    ("in the file but", "column_type"),
-    ("refused", "table_refused"),
-)
-
-
-def quarantine_reason(error):
-    """A quarantine error report's ``error`` as one of a few labels."""
-    for needle, reason in _REASONS:
-        if needle in error:
-            return reason
-    return "other"
-
-
 def _timestamp(iso):
     try:
         return dt.datetime.fromisoformat(iso).timestamp()

@@ -39,7 +39,6 @@ loading, as it goes, and after it), and ``/metrics`` when
 """
 
 import datetime as dt
-import json
 import logging
 import os
 import threading
@@ -233,13 +232,8 @@ class Loader:
                  inserted=out.inserted, updated=out.updated)
         if out.loaded or out.skipped or out.duplicates:
             c["batches_ok"] += 1
-        if out.quarantined:
-            from .metrics import quarantine_reason
-
-            reasons = self.quarantine_reasons.setdefault(task_type, Counter())
-            for name in out.quarantined:
-                report = _read_report(filing.report_path(self.config.quarantine_dir, task_type, name))
-                reasons[quarantine_reason(report.get("error", ""))] += 1
+        if out.reasons:
+            self.quarantine_reasons.setdefault(task_type, Counter()).update(out.reasons)
         if not out.loaded:
             return
         lags = [fetched[n] for n in out.loaded if n in fetched]
@@ -569,13 +563,6 @@ def _fetch_span(path):
     if not lows:
         return None
     return min(lows), max(highs)
-
-
-def _read_report(path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def _quarantine_files(quarantine_dir):

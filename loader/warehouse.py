@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from .exceptions import DatabaseBusy, FileRefused
+from .exceptions import COLUMN_TYPE, NEW_COLUMN, DatabaseBusy, FileRefused
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class Warehouse:
                 " forced BOOLEAN NOT NULL DEFAULT false, loads INTEGER NOT NULL DEFAULT 1)")
         except duckdb.Error as exc:
             self.close()
-            raise DatabaseBusy(f"cannot open {self.path}: {exc}") from exc
+            raise DatabaseBusy(self.path, "open", exc) from exc
         return self
 
     def close(self):
@@ -309,12 +309,12 @@ def check_columns(dataset, file, table_columns, new_columns):
                 raise FileRefused(
                     f"column {name} is {type_} in the file but {table_columns[name]} in table {dataset.name}",
                     "fix the producer's types and fetch again, or change the table's column type"
-                    " in DuckDB and `loader reload` this file")
+                    " in DuckDB and `loader reload` this file", reason=COLUMN_TYPE)
         elif new_columns == "add":
             add[name] = type_
         elif new_columns == "quarantine":
             raise FileRefused(
                 f"column {name} ({type_}) is not in table {dataset.name} (loader.new_columns: quarantine)",
                 f"add it (ALTER TABLE {dataset.name} ADD COLUMN {name} {type_}) or set"
-                " loader.new_columns to add or ignore, then `loader reload` this file")
+                " loader.new_columns to add or ignore, then `loader reload` this file", reason=NEW_COLUMN)
     return add

@@ -35,6 +35,7 @@ def test_bad_files_are_quarantined_and_the_rest_loads(config, stage):
 
     loader = Loader(config)
     loader.run_once()
+    status = loader.get_status()
     loader.stop()
 
     assert table(config, "stock_daily", "ts_code") == [("000001.SZ",), ("000007.SZ",)]
@@ -50,6 +51,29 @@ def test_bad_files_are_quarantined_and_the_rest_loads(config, stage):
     assert "ts_code" in _report(config, no_key)["error"]
     wrong = json.loads((config.quarantine_dir / "stock_basic" / (wrong_folder.name + ".error.json")).read_text())
     assert "stock_basic" in wrong["error"]
+    assert [_report(config, p)["reason"] for p in (truncated, not_parquet, refused_type, no_key)] == \
+        ["unreadable", "unreadable", "column_type", "missing_key"]
+    assert wrong["reason"] == "wrong_file"
+    assert status["task_types"]["stock_daily"]["quarantined_by_reason"] == \
+        {"unreadable": 2, "column_type": 1, "missing_key": 1}
+    assert status["task_types"]["stock_basic"]["quarantined_by_reason"] == {"wrong_file": 1}
+
+
+def test_a_quarantine_reason_is_the_refusal_not_words_in_its_message(tmp_path, stage):
+    """A new column named like another refusal is counted as what it is: a new column."""
+    config = make_config(tmp_path, new_columns="quarantine")
+    rows = pa.Table.from_pylist([daily("000001.SZ", 2, 10.0)], schema=config.datasets["stock_daily"].arrow_schema)
+    odd = stage("stock_daily", table=rows.append_column("unreadable Parquet", pa.array(["x"])))
+
+    loader = Loader(config)
+    loader.run_once()
+    status = loader.get_status()
+    loader.stop()
+
+    assert files_in(config.quarantine_dir) == [odd.name]
+    assert status["task_types"]["stock_daily"]["quarantined_by_reason"] == {"new_column": 1}
+    report = _report(config, odd)
+    assert "unreadable Parquet" in report["error"] and report["reason"] == "new_column"
 
 
 def test_a_row_the_table_refuses_quarantines_only_its_file(config, stage):
