@@ -32,11 +32,25 @@ ANCHOR_DATE = "_anchor_date"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 COLUMN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
-# Names no staged column may have, whatever their case (DuckDB's names ignore
-# case): DuckDB's row id of every table, and the columns read_parquet adds for
-# the file's name, index and row number. A data column of such a name shadows
-# or clashes with them in the loader's queries.
-RESERVED_COLUMNS = frozenset({"rowid", "filename", "file_index", "file_row_number"})
+# Column names kept from data, in one list for both processes; DuckDB's names
+# ignore case, so they are compared in lower case.
+#
+# The loader's MERGE names its own columns with LOADER_PREFIX, and reads files
+# with read_parquet(file_row_number = true), which refuses a file that has a
+# column of that name: the loader quarantines files with either. The other
+# names (DuckDB's row id of every table, read_parquet's file name and index)
+# a data column would shadow silently; the loader names none of them, so it
+# takes such a file, but the stager stages none of RESERVED_COLUMNS (nor any
+# name starting with _), so nothing it seals is a column a query mistakes.
+LOADER_PREFIX = "__duckstage_"
+LOADER_RESERVED = frozenset({"file_row_number"})
+RESERVED_COLUMNS = LOADER_RESERVED | {"rowid", "filename", "file_index"}
+
+
+def reserved_by_loader(name):
+    """True if the loader cannot merge a column called ``name``: it would clash with the MERGE's own."""
+    name = name.lower()
+    return name.startswith(LOADER_PREFIX) or name in LOADER_RESERVED
 
 
 def undeclared_name_problem(name, dataset, undeclared=()):
@@ -100,25 +114,11 @@ class Dataset:
         return [c.name for c in self.all_columns]
 
     @property
-    def value_columns(self):
-        """Every staged column that is not part of the primary key."""
-        return [c.name for c in self.all_columns if c.name not in self.primary_key]
-
-    @property
     def arrow_schema(self):
         return pa.schema(
             [pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in self.all_columns]
         )
 
-    def column(self, name):
-        for c in self.all_columns:
-            if c.name == name:
-                return c
-        raise KeyError(name)
-
-    def order_by_newest(self, quote=lambda n: '"%s"' % n):
-        """SQL ORDER BY items that put the newest version of a key first."""
-        return ", ".join(f"{quote(c)} DESC NULLS LAST" for c in self.version_order)
 
 
 class Datasets:

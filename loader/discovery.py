@@ -28,10 +28,10 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
 from duckstage import staging
+from duckstage.datasets import LOADER_PREFIX, LOADER_RESERVED, reserved_by_loader
 from duckstage.staging import StagedFile
 
 from .exceptions import MISSING_KEY, NOT_REGULAR, RESERVED_COLUMN, UNREADABLE, WRONG_FILE, FileRefused
-from .warehouse import reserved
 
 log = logging.getLogger(__name__)
 
@@ -240,11 +240,11 @@ def inspect(path, dataset):
                               "move it to the folder of its footer's task type and `loader reload` it",
                               reason=WRONG_FILE)
         columns = {fld.name: duckdb_type(fld.type) for fld in schema}
-        clashing = [c for c in columns if reserved(c)]
+        clashing = [c for c in columns if reserved_by_loader(c)]
         if clashing:
             raise FileRefused(
-                f"column(s) {', '.join(clashing)}: a name reserved by the loader (file_row_number,"
-                f" or starting with __duckstage_)",
+                f"column(s) {', '.join(clashing)}: a name reserved by the loader ({', '.join(sorted(LOADER_RESERVED))},"
+                f" or starting with {LOADER_PREFIX})",
                 "rename the column in the producer (or rewrite the file with it renamed), then"
                 " fetch again or `loader reload` the file", reason=RESERVED_COLUMN)
         missing = [c for c in dataset.primary_key if c not in columns]

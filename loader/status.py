@@ -18,7 +18,7 @@ from duckstage.ops import pid_alive, read_snapshot
 
 from . import filing
 from .discovery import not_staged, scan, staged_rows, unknown_folders
-from .warehouse import MANIFEST, q
+from .warehouse import manifest_totals
 
 
 def _manifest(database):
@@ -30,15 +30,7 @@ def _manifest(database):
     except duckdb.Error as exc:
         return None, str(exc).splitlines()[0]
     try:
-        if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                           [MANIFEST]).fetchall()[0][0]:
-            return {}, None
-        rows = con.execute(
-            f"SELECT task_type, count(*), sum(rows), sum(inserted), sum(updated), max(loaded_at)"
-            f" FROM {q(MANIFEST)} GROUP BY 1 ORDER BY 1").fetchall()
-        return {t: {"files": n, "rows": int(r or 0), "inserted": int(i or 0), "updated": int(u or 0),
-                    "last_loaded_at": last.isoformat() if last else None}
-                for t, n, r, i, u, last in rows}, None
+        return manifest_totals(con), None
     finally:
         con.close()
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from duckstage.datasets import LOADER_PREFIX
+
 from .exceptions import COLUMN_TYPE, NEW_COLUMN, DatabaseBusy, FileRefused
 
 log = logging.getLogger(__name__)
@@ -33,25 +35,13 @@ log = logging.getLogger(__name__)
 MANIFEST = "_duckstage_manifest"
 STORAGE_COMPATIBILITY = "v1.5.0"
 
-# The MERGE's own names. No data column may start with the prefix.
-RESERVED_PREFIX = "__duckstage_"
-SOURCE = RESERVED_PREFIX + "src"      # the deduplicated source, a temporary table
-_FILE = RESERVED_PREFIX + "file"      # read_parquet's filename column
-_ORD = RESERVED_PREFIX + "ord"        # position of the file in the batch, from 1
-_ROW = RESERVED_PREFIX + "row"        # row number in its file, from 0
-_RANK = RESERVED_PREFIX + "rank"
-# Names read_parquet adds itself, whatever the file holds.
-RESERVED_COLUMNS = ("file_row_number",)
-
-
-def reserved(name):
-    """True if a data column may not be called ``name``: the MERGE would clash with it.
-
-    DuckDB matches identifiers without regard to case, even quoted ones.
-    """
-    name = name.lower()
-    return name.startswith(RESERVED_PREFIX) or name in RESERVED_COLUMNS
-
+# The MERGE's own names. No data column may start with the prefix
+# (duckstage.datasets.reserved_by_loader).
+SOURCE = LOADER_PREFIX + "src"      # the deduplicated source, a temporary table
+_FILE = LOADER_PREFIX + "file"      # read_parquet's filename column
+_ORD = LOADER_PREFIX + "ord"        # position of the file in the batch, from 1
+_ROW = LOADER_PREFIX + "row"        # row number in its file, from 0
+_RANK = LOADER_PREFIX + "rank"
 
 # How a MERGE treats a key the table already holds.
 LOAD = "load"      # update when the incoming version is >= the stored one
@@ -211,12 +201,7 @@ class Warehouse:
             " forced = excluded.forced, loads = loads + 1", rows)
 
     def manifest_totals(self):
-        rows = self.con.execute(
-            f"SELECT task_type, count(*), sum(rows), sum(inserted), sum(updated), max(loaded_at)"
-            f" FROM {MANIFEST} GROUP BY task_type ORDER BY task_type").fetchall()
-        return {t: {"files": n, "rows": int(r or 0), "inserted": int(i or 0), "updated": int(u or 0),
-                    "last_loaded_at": last.isoformat() if last else None}
-                for t, n, r, i, u, last in rows}
+        return manifest_totals(self.con)
 
     # -- the merge --------------------------------------------------------------
 
@@ -280,6 +265,23 @@ class Warehouse:
         names = [f.name for f in files]
         return Merged({names[o - 1]: i for o, i, _, _ in counts}, {names[o - 1]: u for o, _, u, _ in counts},
                       sum(n for *_, n in counts))
+
+
+def manifest_totals(con):
+    """Per task type: files, rows, inserted, updated and the last load, from the manifest.
+
+    Takes a connection, so that ``loader status`` can ask a read-only one
+    while no loader holds the database; {} before the manifest exists.
+    """
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+                       [MANIFEST]).fetchall()[0][0]:
+        return {}
+    rows = con.execute(
+        f"SELECT task_type, count(*), sum(rows), sum(inserted), sum(updated), max(loaded_at)"
+        f" FROM {MANIFEST} GROUP BY task_type ORDER BY task_type").fetchall()
+    return {t: {"files": n, "rows": int(r or 0), "inserted": int(i or 0), "updated": int(u or 0),
+                "last_loaded_at": last.isoformat() if last else None}
+            for t, n, r, i, u, last in rows}
 
 
 def _compare(version, strict):

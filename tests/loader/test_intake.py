@@ -83,8 +83,16 @@ def test_a_column_with_a_reserved_name_is_quarantined_with_that_reason(config, s
     assert table(config, "stock_daily", "ts_code") == [("000001.SZ",)]
     assert files_in(config.archive_dir) == [good.name]
     report = _report(config, path.name)
-    assert name in report["error"] and "reserved" in report["error"]
+    assert name in report["error"] and "reserved" in report["error"] and report["reason"] == "reserved_column"
     assert "rename" in report["what_to_do"]
+
+
+@pytest.mark.parametrize("name", ["file_row_number", "File_Row_Number", "__duckstage_ord", "__DuckStage_x"])
+def test_the_stager_never_stages_a_column_the_loader_would_quarantine(config, name):
+    from duckstage.datasets import reserved_by_loader, undeclared_name_problem
+
+    assert reserved_by_loader(name)
+    assert undeclared_name_problem(name, config.datasets["stock_daily"]) is not None
 
 
 # -- 3. symbolic links -------------------------------------------------------------------------
