@@ -54,17 +54,15 @@ class FileRefused(DuckstageError):
 class DatabaseBusy(DuckstageError):
     """The database cannot be used right now (locked, I/O error): retry later.
 
-    ``database`` is the path (or None for a query on an open connection whose
-    path is not at hand), ``doing`` what was being done ("open", "commit",
-    "merge", "read the manifest"), ``cause`` DuckDB's error.
+    ``database`` is its path, ``doing`` what was being done to it ("open",
+    "commit to", "merge into", "read the manifest in"), ``cause`` DuckDB's error.
     """
 
     def __init__(self, database, doing, cause):
         self.database = database
         self.doing = doing
         self.cause = cause
-        where = f"{database}: " if database is not None else ""
-        super().__init__(f"{where}cannot {doing}: {cause}")
+        super().__init__(f"cannot {doing} {database}: {cause}")
 
 
 class FilingFailed(OSError):

@@ -105,7 +105,7 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
     files.sort(key=lambda f: f.staged)
 
     if mode == LOAD and files:
-        done = _guard(wh, "read the manifest", wh.loaded, [f.name for f in files])
+        done = _guard(wh, "read the manifest in", wh.loaded, [f.name for f in files])
         fresh = []
         for f in files:
             if f.name not in done:
@@ -122,7 +122,7 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
                     reason=CHECKSUM_MISMATCH))
         files = fresh
 
-    table = _guard(wh, "read the table's columns", wh.table_columns, dataset.name) \
+    table = _guard(wh, "read the table columns in", wh.table_columns, dataset.name) \
         or {c.name: c.type for c in dataset.all_columns}
     planned = dict(table)
     accepted = []
@@ -184,7 +184,7 @@ def _load_batch(wh, dataset, batch, planned, mode, settle, refuse, progress):
         except duckdb.Error as exc:
             # The data was accepted; writing it failed (disk full, I/O error):
             # retry later with backoff, the files stay in staging/.
-            raise DatabaseBusy(wh.path, "commit", exc) from exc
+            raise DatabaseBusy(wh.path, "commit to", exc) from exc
     except FileRefused as refused:
         wh.rollback()
         if len(batch) > 1:
@@ -226,7 +226,7 @@ def _merge(wh, dataset, batch, planned, mode, progress, raise_refused):
         wh.record(dataset.name, batch, merged, forced=(mode == FORCE))
     except duckdb.Error as exc:
         if is_busy(exc) and not any(str(f.path) in str(exc) for f in batch):
-            raise DatabaseBusy(wh.path, "merge", exc) from exc
+            raise DatabaseBusy(wh.path, "merge into", exc) from exc
         names = ", ".join(f.name for f in batch)
         raise FileRefused(f"table {dataset.name} refused {names}: {exc}".replace("\n", " "),
                           "read the error; fix the table or the file, then `loader reload` it",
@@ -439,7 +439,7 @@ def rebuild(wh, config, task_types, progress=None, stop=None):
     for task_type in task_types:
         dataset = config.datasets[task_type]
         found = archived(config.archive_dir, task_type)
-        listed = _guard(wh, "read the manifest", wh.files, task_type)
+        listed = _guard(wh, "read the manifest in", wh.files, task_type)
         gone = [n for n in listed if n not in found]
         expired = [n for n in gone if _expired(n, config.loader.archive_retention_days)]
         missing = [n for n in gone if n not in expired]

@@ -4,9 +4,13 @@ import json
 import os
 import time
 
+import duckdb
 import pyarrow as pa
+import pytest
 
 from loader import Loader
+from loader.exceptions import DatabaseBusy
+from loader.warehouse import Warehouse
 
 from .conftest import daily, files_in, hold_database, make_config, query, release, table
 
@@ -113,10 +117,21 @@ def test_a_busy_database_is_retried_then_loaded(tmp_path, stage):
     loader.stop()
 
 
+def test_a_busy_database_says_which_database_and_what_failed_as_data(config):
+    holder = hold_database(config.loader.database)
+    try:
+        with pytest.raises(DatabaseBusy) as caught:
+            Warehouse(config.loader.database).open()
+    finally:
+        release(holder)
+    busy = caught.value
+    assert busy.database == config.loader.database and busy.doing == "open"
+    assert isinstance(busy.cause, duckdb.IOException) and "lock" in str(busy.cause)
+    assert str(busy).startswith(f"cannot open {config.loader.database}: ")
+
+
 def test_a_failed_commit_leaves_the_file_in_staging_and_nothing_in_the_table(config, stage, monkeypatch):
     """Guarantee 1: a sealed file leaves staging/ only after its merge has committed."""
-    import duckdb
-
     from loader import warehouse
 
     path = stage("stock_daily", [daily("000001.SZ", 2, 10.0), daily("600000.SH", 2, 8.0)])
