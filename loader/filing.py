@@ -28,7 +28,7 @@ import shutil
 import time
 from pathlib import Path
 
-from duckstage.staging import SUFFIX, StagedFile, fsync_dir, tmp_path
+from duckstage.staging import SUFFIX, StagedFile, fsync_dir, tmp_path, utcnow
 
 from .exceptions import FileRefused, FilingFailed
 
@@ -162,7 +162,7 @@ def quarantine(quarantine_dir, task_type, path, refused, now=None):
             "error": refused.error,
             "reason": refused.reason,
             "what_to_do": refused.action,
-            "quarantined_at": (now or dt.datetime.now(dt.timezone.utc)).isoformat(),
+            "quarantined_at": (now or utcnow()).isoformat(),
         }
         if kept_as != path.name:
             report["quarantined_as"] = kept_as
@@ -224,7 +224,7 @@ def sweep_archive(archive_dir, retention_days, now=None):
     """Delete archive day folders older than ``retention_days`` (0 keeps them forever)."""
     if not retention_days:
         return []
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or utcnow()
     cutoff = (now - dt.timedelta(days=retention_days)).strftime("%Y-%m-%d")
     removed = []
     for day in Path(archive_dir).glob("*/*"):

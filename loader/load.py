@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 from duckstage.backoff import Backoff
-from duckstage.staging import StagedFile
+from duckstage.staging import StagedFile, utcnow
 
 from . import filing
 from .discovery import checksum, inspect, kind, open_regular
@@ -422,7 +422,7 @@ def _expired(name, retention_days, now=None):
     staged = StagedFile.parse(name)
     if not retention_days or staged is None:
         return False
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or utcnow()
     return staged.day < (now - dt.timedelta(days=retention_days)).strftime("%Y-%m-%d")
 
 

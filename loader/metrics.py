@@ -8,11 +8,12 @@ import datetime as dt
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from duckstage.metrics import process_families
+from duckstage.metrics import per_task_type, process_families
 from duckstage.ops import histogram_buckets
 
 TT = ["task_type"]
 STATES = ("idle", "loading", "retrying", "stopped")
+
 
 def _timestamp(iso):
     try:
@@ -25,12 +26,6 @@ def families(st):
     """Metric families of one loader status dict."""
     per_type = st.get("task_types", {})
 
-    def per_task_type(kind, name, doc, key):
-        fam = kind(name, doc, labels=TT)
-        for task_type, t in sorted(per_type.items()):
-            fam.add_metric([task_type], t.get(key) or 0)
-        return fam
-
     yield GaugeMetricFamily("duckstage_loader_up", "1 while the loader runs", value=0 if st.get("state") == "stopped"
                             else 1)
     if st.get("started_at"):
@@ -41,15 +36,17 @@ def families(st):
         state.add_metric([name], 1 if st.get("state") == name else 0)
     yield state
 
-    yield per_task_type(CounterMetricFamily, "duckstage_loader_files_loaded", "Staged files merged", "files_loaded")
-    yield per_task_type(CounterMetricFamily, "duckstage_loader_files_skipped",
-                        "Staged files already in the manifest (merged before a crash), archived", "files_skipped")
-    yield per_task_type(CounterMetricFamily, "duckstage_loader_files_duplicate",
+    counter = CounterMetricFamily
+    yield per_task_type(counter, "duckstage_loader_files_loaded", "Staged files merged", per_type, "files_loaded")
+    yield per_task_type(counter, "duckstage_loader_files_skipped",
+                        "Staged files already in the manifest (merged before a crash), archived",
+                        per_type, "files_skipped")
+    yield per_task_type(counter, "duckstage_loader_files_duplicate",
                         "Staged files whose content was loaded under another name: archived, not merged",
-                        "files_duplicate")
-    yield per_task_type(CounterMetricFamily, "duckstage_loader_rows", "Rows read from merged files", "rows")
-    yield per_task_type(CounterMetricFamily, "duckstage_loader_rows_inserted", "Rows inserted by MERGE", "inserted")
-    yield per_task_type(CounterMetricFamily, "duckstage_loader_rows_updated", "Rows updated by MERGE", "updated")
+                        per_type, "files_duplicate")
+    yield per_task_type(counter, "duckstage_loader_rows", "Rows read from merged files", per_type, "rows")
+    yield per_task_type(counter, "duckstage_loader_rows_inserted", "Rows inserted by MERGE", per_type, "inserted")
+    yield per_task_type(counter, "duckstage_loader_rows_updated", "Rows updated by MERGE", per_type, "updated")
 
     batches = CounterMetricFamily("duckstage_loader_batches",
                                   "Batch saves (a task type's load cycle) by result; failed: the database was busy",

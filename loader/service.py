@@ -206,7 +206,7 @@ class Loader:
         """After the commit that loaded ``path``: note its rows' fetch times, then archive it."""
         if halt.failed:
             return  # the move before failed; this one waits in staging/ for the retry
-        committed = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        committed = utcnow().replace(tzinfo=None)
         span = _fetch_span(path)
         if span is not None:
             fetched[os.path.basename(path)] = (committed - span[0], committed - span[1])

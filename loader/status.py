@@ -15,6 +15,7 @@ import duckdb
 from duckstage import staging
 from duckstage.command import checked_at, config_report, config_report_lines, process_config_lines
 from duckstage.ops import pid_alive, read_snapshot
+from duckstage.staging import utcnow
 
 from . import filing
 from .discovery import not_staged, scan, staged_rows, unknown_folders
@@ -42,7 +43,7 @@ def _stuck(step):
     """
     if not step:
         return None
-    quiet = (dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(step["progress_at"])).total_seconds()
+    quiet = (utcnow() - dt.datetime.fromisoformat(step["progress_at"])).total_seconds()
     return round(quiet) if quiet > step["stuck_after"] else None
 
 

@@ -20,13 +20,13 @@ loaded. Facts this module is written around (DuckDB 2.0.1, measured):
   prefix no data column may have, and files using a reserved name are refused.
 """
 
-import datetime as dt
 import logging
 from dataclasses import dataclass
 
 import duckdb
 
 from duckstage.datasets import LOADER_PREFIX
+from duckstage.staging import utcnow
 
 from .exceptions import COLUMN_TYPE, NEW_COLUMN, DatabaseBusy, FileRefused
 
@@ -190,7 +190,7 @@ class Warehouse:
             f"SELECT file FROM {MANIFEST} WHERE task_type = ? ORDER BY file", [task_type]).fetchall()]
 
     def record(self, task_type, files, merged, forced, now=None):
-        loaded_at = (now or dt.datetime.now(dt.timezone.utc)).replace(tzinfo=None)
+        loaded_at = (now or utcnow()).replace(tzinfo=None)
         rows = [(f.name, task_type, f.size, f.checksum, f.rows, merged.inserted.get(f.name, 0),
                  merged.updated.get(f.name, 0), loaded_at, forced) for f in files]
         self.con.executemany(
