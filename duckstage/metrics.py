@@ -11,6 +11,25 @@ def per_task_type(kind, name, doc, per_type, key):
     return family
 
 
+def per_task_type_and(name, doc, per_type, label, samples):
+    """A counter with one sample per task type and ``label`` value: ``samples(figures)`` gives the pairs."""
+    family = CounterMetricFamily(name, doc, labels=["task_type", label])
+    for task_type, figures in sorted(per_type.items()):
+        for value, n in samples(figures):
+            family.add_metric([task_type, value], n)
+    return family
+
+
+def by_result(ok_key, failed_key):
+    """``samples`` for a ``result`` label: ok and failed counts from two status fields."""
+    return lambda figures: (("ok", figures.get(ok_key, 0)), ("failed", figures.get(failed_key, 0)))
+
+
+def by_reason(key):
+    """``samples`` for a ``reason`` label: a status field that maps reason codes to counts."""
+    return lambda figures: sorted((figures.get(key) or {}).items())
+
+
 def process_families(process, st):
     """Thread states and live-configuration figures, alike for both processes."""
     prefix = f"duckstage_{process}"

@@ -8,7 +8,7 @@ import datetime as dt
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from duckstage.metrics import per_task_type, process_families
+from duckstage.metrics import by_reason, by_result, per_task_type, per_task_type_and, process_families
 from duckstage.ops import histogram_buckets
 
 TT = ["task_type"]
@@ -48,20 +48,11 @@ def families(st):
     yield per_task_type(counter, "duckstage_loader_rows_inserted", "Rows inserted by MERGE", per_type, "inserted")
     yield per_task_type(counter, "duckstage_loader_rows_updated", "Rows updated by MERGE", per_type, "updated")
 
-    batches = CounterMetricFamily("duckstage_loader_batches",
-                                  "Batch saves (a task type's load cycle) by result; failed: the database was busy",
-                                  labels=["task_type", "result"])
-    for task_type, t in sorted(per_type.items()):
-        batches.add_metric([task_type, "ok"], t.get("batches_ok", 0))
-        batches.add_metric([task_type, "failed"], t.get("batches_failed", 0))
-    yield batches
-
-    quarantined = CounterMetricFamily("duckstage_loader_files_quarantined", "Files sent to quarantine, by reason",
-                                      labels=["task_type", "reason"])
-    for task_type, t in sorted(per_type.items()):
-        for reason, n in sorted((t.get("quarantined_by_reason") or {}).items()):
-            quarantined.add_metric([task_type, reason], n)
-    yield quarantined
+    yield per_task_type_and("duckstage_loader_batches",
+                            "Batch saves (a task type's load cycle) by result; failed: the database was busy",
+                            per_type, "result", by_result("batches_ok", "batches_failed"))
+    yield per_task_type_and("duckstage_loader_files_quarantined", "Files sent to quarantine, by reason",
+                            per_type, "reason", by_reason("quarantined_by_reason"))
     waiting = GaugeMetricFamily("duckstage_loader_quarantine_files", "Files in quarantine now", labels=TT)
     for task_type, n in sorted((st.get("quarantine_files") or {}).items()):
         waiting.add_metric([task_type], n)

@@ -6,7 +6,7 @@ Every metric here is a reading of one status field, so ``stager status`` and
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from duckstage.metrics import per_task_type, process_families
+from duckstage.metrics import by_reason, by_result, per_task_type, per_task_type_and, process_families
 from duckstage.ops import histogram_buckets
 
 TT = ["task_type"]
@@ -38,19 +38,10 @@ def families(st):
     for name, doc, key in counters:
         yield per_task_type(CounterMetricFamily, name, doc, per_type, key)
 
-    seals = CounterMetricFamily("duckstage_stager_seals", "Batch saves (seals of a staging file) by result",
-                                labels=["task_type", "result"])
-    for task_type, t in sorted(per_type.items()):
-        seals.add_metric([task_type, "ok"], t.get("files_sealed", 0))
-        seals.add_metric([task_type, "failed"], t.get("seal_failures", 0))
-    yield seals
-
-    dead = CounterMetricFamily("duckstage_stager_rows_deadlettered", "Rows sent to the dead letter, by reason",
-                               labels=["task_type", "reason"])
-    for task_type, t in sorted(per_type.items()):
-        for reason, n in sorted(t.get("deadlettered_by_reason", {}).items()):
-            dead.add_metric([task_type, reason], n)
-    yield dead
+    yield per_task_type_and("duckstage_stager_seals", "Batch saves (seals of a staging file) by result",
+                            per_type, "result", by_result("files_sealed", "seal_failures"))
+    yield per_task_type_and("duckstage_stager_rows_deadlettered", "Rows sent to the dead letter, by reason",
+                            per_type, "reason", by_reason("deadlettered_by_reason"))
 
     gauges = (
         ("duckstage_stager_buffer_rows", "Rows buffered, not yet sealed", "buffer_rows"),
