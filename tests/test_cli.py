@@ -14,7 +14,7 @@ import yaml
 
 from stager import TaskType
 from duckstage.config import load_config
-from tests.conftest import CONFIG_DIR, wait_for, write_config
+from tests.helpers import CONFIG_DIR, wait_for, write_config
 from tests.stager.helpers import daily_rows, staged_paths
 
 COMMANDS = ("stager", "loader")
@@ -285,7 +285,7 @@ HANGING_LOADER = textwrap.dedent("""\
 
 
 def test_the_loader_stops_within_its_own_shutdown_timeout_and_exits_1_when_a_thread_hangs(tmp_path):
-    from tests.loader.conftest import Stage, daily
+    from tests.loader.helpers import Stage, daily
 
     path = write_config(tmp_path, stager={"shutdown_timeout": 120}, loader={"shutdown_timeout": 1})
     config = load_config(path)

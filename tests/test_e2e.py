@@ -20,7 +20,7 @@ from duckstage.config import load_config
 from stager.deadletter import UNKNOWN, read_records
 from stager.produce import generate
 from stager.tasks import build_huey
-from tests.conftest import REPO, write_config
+from tests.helpers import REPO, write_config
 from tests.oracle import expected_rows
 
 # 40 stocks over 6 trading days from 2024-04-25: the whole-market statement

@@ -25,7 +25,7 @@ from stager.produce import FIELDS, PRODUCE_OPTIONS, generate, produce, trading_d
 from stager.produce.bars import limit_prices
 from stager.results import TaskType
 from stager.tasks import build_huey
-from tests.conftest import CONFIG_DIR, REPO, write_config
+from tests.helpers import CONFIG_DIR, REPO, write_config
 
 DATASETS = load_datasets(CONFIG_DIR / "datasets.yaml")
 # Through the Q1 disclosure season, into H1's, and over the ex-dividend months.

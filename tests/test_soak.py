@@ -34,7 +34,7 @@ from duckstage import staging
 from duckstage.config import load_config
 from stager.produce import generate, produce
 from stager.tasks import build_huey
-from tests.conftest import wait_for, write_config
+from tests.helpers import wait_for, write_config
 from tests.oracle import expected_rows
 from tests.test_e2e import (assert_archive_is_the_manifest, assert_deadletter_is_injected, assert_nothing_left,
                             assert_warehouse_equals, injected_bad_rows)

@@ -7,7 +7,7 @@ from loader.exceptions import LoaderError
 from loader.load import rebuild, reload, resolve_paths
 from loader.warehouse import MANIFEST, Warehouse
 
-from .conftest import daily, files_in, query, table
+from tests.loader.helpers import daily, files_in, query, table
 
 
 def _load(config, stage):

@@ -10,7 +10,7 @@ from loader.exceptions import LoaderError
 from loader.load import rebuild, resolve_paths
 from loader.warehouse import MANIFEST, Warehouse
 
-from .conftest import Stage, daily, files_in, make_config, query, run_cli, table, write_config
+from tests.loader.helpers import Stage, daily, files_in, loader_config, query, run_cli, table, write_loader_config
 from .test_replay import _reload
 
 
@@ -80,8 +80,8 @@ def test_rebuild_stops_when_a_listed_file_is_missing_from_the_archive(config, st
 
 
 def test_rebuild_cli_exits_1_unfinished_and_keeps_the_table(tmp_path):
-    config_path = write_config(tmp_path)
-    config = make_config(tmp_path)
+    config_path = write_loader_config(tmp_path)
+    config = loader_config(tmp_path)
     archived = _load(config, Stage(config))
     archived[0].unlink()
     before = _state(config)
@@ -94,8 +94,8 @@ def test_rebuild_cli_exits_1_unfinished_and_keeps_the_table(tmp_path):
 
 
 def test_rebuild_leaves_out_files_removed_by_retention_and_says_so(tmp_path):
-    config_path = write_config(tmp_path, archive_retention_days=30)  # the files are from January 2025
-    config = make_config(tmp_path, archive_retention_days=30)
+    config_path = write_loader_config(tmp_path, archive_retention_days=30)  # the files are from January 2025
+    config = loader_config(tmp_path, archive_retention_days=30)
     archived = _load(config, Stage(config))
     shutil.rmtree(archived[0].parent)  # what the retention sweep does to a day folder
     done = run_cli(config_path, "rebuild")
@@ -116,7 +116,7 @@ def test_rebuild_replays_a_duplicate_as_a_duplicate(config, stage):
     out = _rebuild(config)
     assert out.loaded == [archived[0].name] and out.duplicates == [dup.name]
     assert _state(config) == before
-    done = run_cli(write_config(config.data_dir.parent), "reload", str(next(config.archive_dir.rglob(dup.name))))
+    done = run_cli(write_loader_config(config.data_dir.parent), "reload", str(next(config.archive_dir.rglob(dup.name))))
     assert done.returncode == 0, done.stderr
     assert "0 file(s) merged" in done.stdout and "1 duplicate(s) of loaded files" in done.stdout
     assert _state(config) == before
@@ -218,8 +218,8 @@ def test_reload_refuses_a_link_to_something_that_is_not_a_regular_file(config, t
 
 
 def test_reload_cli_leaves_the_target_of_a_quarantined_link_in_place(tmp_path):
-    config_path = write_config(tmp_path)
-    config = make_config(tmp_path)
+    config_path = write_loader_config(tmp_path)
+    config = loader_config(tmp_path)
     archived = _load(config, Stage(config))
     target = _outside_copy(config, archived[0], tmp_path)
     link = config.quarantine_dir / "stock_daily" / archived[0].name

@@ -10,10 +10,9 @@ import sys
 from stager import TaskType
 from duckstage.config import load_config
 from stager.tasks import build_huey
-from tests.conftest import hold_database, release, wait_for, write_config
+from tests.helpers import (answers, free_port, get, get_json, hold_database, release, samples, value, wait_for,
+                           write_config)
 from tests.stager.helpers import daily_rows
-
-from .conftest import answers, free_port, get, get_json, samples, value
 
 
 def status_json(module, path):

@@ -17,9 +17,7 @@ import pytest
 from prometheus_client.core import GaugeMetricFamily
 
 from duckstage.ops import Limits, OpsServer, StatusCollector
-from tests.conftest import REPO, wait_for, write_config
-
-from .conftest import answers, free_port, get
+from tests.helpers import REPO, answers, free_port, get, wait_for, write_config
 
 DOC = REPO / "docs/endpoints.md"
 BIG = 16 * 1024 * 1024  # more than loopback's socket buffers hold (4 MiB send + what the client allows)

@@ -13,6 +13,7 @@ import pytest
 
 from stager import TaskType
 from stager.service import Stager
+from tests.helpers import wait_for
 from tests.stager.helpers import daily_rows, deadletters, staged_keys, staged_paths, staged_rows
 
 
@@ -187,7 +188,6 @@ def test_a_running_stager_pauses_on_a_full_disk_and_carries_on_when_space_return
     import pyarrow.parquet as pq
 
     from duckstage import staging
-    from tests.conftest import wait_for
 
     path, config = make_config(stager={"batch_size": 1000, "batch_timeout": 0.3, "worker_threads": 2,
                                        "queue_check_interval": 0.05, "status_interval": 0.2})
@@ -237,8 +237,6 @@ def test_a_running_stager_pauses_on_a_full_disk_and_carries_on_when_space_return
 
 
 def test_an_unforeseen_error_while_sealing_keeps_the_rows_and_the_sealer_alive(make_config, producer):
-    from tests.conftest import wait_for
-
     _, config = make_config(stager={"batch_size": 1000, "batch_timeout": 0.2, "worker_threads": 1,
                                     "queue_check_interval": 0.05})
     producer(config)(TaskType.STOCK_DAILY, daily_rows(5))

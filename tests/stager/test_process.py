@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from duckstage import staging
 from stager import TaskType
 from stager.tasks import build_huey
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.stager.helpers import daily_rows, deadletters, staged_keys, staged_paths
 
 

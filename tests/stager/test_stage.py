@@ -12,6 +12,7 @@ import pytest
 from duckstage import staging
 from stager import TaskType
 from stager.service import Stager
+from tests.helpers import wait_for
 from tests.stager.helpers import d, daily_rows, deadletters, staged_keys, staged_paths, staged_rows
 
 
@@ -386,8 +387,6 @@ def test_tasks_cleaned_together_keep_their_own_task_ids_params_and_anchors(make_
 def test_a_locked_huey_file_is_waited_out_and_nothing_is_lost(make_config, producer):
     """Error class 'database connection': another process holds huey.db exclusively."""
     import sqlite3
-
-    from tests.conftest import wait_for
 
     _, config = make_config(stager={"batch_size": 10, "worker_threads": 2, "queue_check_interval": 0.05})
     enqueue = producer(config)
