@@ -11,6 +11,7 @@ import subprocess
 
 import pytest
 
+from duckstage.exceptions import ResourceError
 from stager import TaskType
 from stager.service import Stager
 from tests.helpers import wait_for
@@ -91,7 +92,7 @@ def test_a_dead_letter_write_that_fails_is_taken_back_and_its_task_runs_again_on
     earlier.write_text('{"task_id": "cut short by a crash", "row": {')  # an earlier crash mid-line
     stager.prepare()
     disk.full = True
-    with pytest.raises(Exception) as failed:
+    with pytest.raises(ResourceError) as failed:
         stager.stage_next()
     assert "ENOSPC" in str(failed.value)
     assert earlier.read_text() == '{"task_id": "cut short by a crash", "row": {'  # the failed write taken back
@@ -160,7 +161,6 @@ def test_a_seal_that_runs_out_of_space_leaves_no_temporary_file(small_disk, tmp_
     import pyarrow as pa
 
     from duckstage import staging
-    from duckstage.exceptions import ResourceError
 
     folder = tmp_path / "staging"
     disk = small_disk("1m", folder)

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from duckstage import staging
+from duckstage.exceptions import ResourceError
 from stager import TaskType
 from stager.service import Stager
 from tests.helpers import wait_for
@@ -273,14 +274,14 @@ def test_disk_full_while_sealing_pauses_and_loses_nothing(make_config, producer)
 
     stager = Stager(config, fsync=fsync)
     stager.prepare()
-    with pytest.raises(Exception) as err:
+    with pytest.raises(ResourceError) as err:
         stager.stage_next()
     assert "ENOSPC" in str(err.value)
     folder = config.staging_dir / "stock_daily"
     assert list(folder.iterdir()) == []  # no sealed file, no temporary file
     assert stager.huey.storage.lease_count() == 1  # not acknowledged
     assert stager.buffers["stock_daily"].rows == 10  # rows kept for the retry
-    with pytest.raises(Exception):
+    with pytest.raises(ResourceError):
         stager.seal_due(now=0)
     assert "ENOSPC" in stager.get_status()["sealing_error"]
     assert stager.seal_due(now=0) == 1
