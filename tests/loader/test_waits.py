@@ -89,7 +89,7 @@ def test_files_sealed_while_the_database_is_held_do_not_cut_the_backoff_short(tm
             attempts = _events(loader.log_path, "database_busy")
         released_at = time.monotonic()
         release(holder)
-        assert eventually(lambda: files_in(config.staging_dir) == [], 20), loader.log()
+        assert eventually(lambda: files_in(config.staging_dir) == [], 25), loader.log()
         resumed_after = time.monotonic() - released_at
     finally:
         if holder.poll() is None:
@@ -102,7 +102,7 @@ def test_files_sealed_while_the_database_is_held_do_not_cut_the_backoff_short(tm
     assert gaps[0] >= 0.8 and gaps[1] >= 1.6, gaps
     assert attempts[-1][1]["delay"] == 30
     # Resumed within retry_delay of the release (with room for a loaded machine), not after 30 s.
-    assert resumed_after < 6, resumed_after
+    assert resumed_after < 15, resumed_after
     assert _events(loader.log_path, "recovered")
 
 
