@@ -22,5 +22,5 @@ def stage(config):
 def no_leaked_threads():
     before = set(threading.enumerate())
     yield
-    assert eventually(lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()], 5), \
+    assert eventually(lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()], 10), \
         [t.name for t in threading.enumerate() if t not in before]

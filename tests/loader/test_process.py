@@ -28,7 +28,7 @@ def test_watchdog_wakes_the_loader_for_a_new_sealed_file(tmp_path):
     loader = Loader(config).start()
     try:
         stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
-        assert eventually(lambda: files_in(config.archive_dir) != [], 5)
+        assert eventually(lambda: files_in(config.archive_dir) != [], 15)  # a rescan would take 30 s
     finally:
         assert loader.stop(10)
     assert table(config, "stock_daily", "close") == [(10.0,)]
