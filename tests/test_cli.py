@@ -14,7 +14,7 @@ import yaml
 
 from stager import TaskType
 from duckstage.config import load_config
-from tests.helpers import CONFIG_DIR, wait_for, write_config
+from tests.helpers import CONFIG_DIR, queue_state, wait_for, write_config
 from tests.stager.helpers import daily_rows, staged_paths
 
 COMMANDS = ("stager", "loader")
@@ -249,22 +249,12 @@ def test_a_stager_thread_that_does_not_stop_in_time_exits_1(tmp_path, producer, 
     proc = spawn("stager", path, "run", env={"PYTHONPATH": str(tmp_path / "plugins")})
     wait_for(lambda: (snapshot(config, "stager.json") or {}).get("state") == "running", message="stager running")
     producer(config)(TaskType.STOCK_DAILY, daily_rows(2))
-    wait_for(lambda: _leased(config), message="the task in the slow processor")
+    wait_for(lambda: queue_state(config)[1] > 0, message="the task in the slow processor")
     started = time.monotonic()
     proc.signal(signal.SIGTERM)
     assert proc.wait(90) == 1
     assert time.monotonic() - started < 60  # shutdown_timeout 1 s (with room for a loaded machine), not 600
     assert "stager: threads still running after stager.shutdown_timeout (1s)" in proc.log()
-
-
-def _leased(config):
-    from stager.tasks import build_huey
-
-    huey, _ = build_huey(config)
-    try:
-        return huey.storage.lease_count() > 0
-    finally:
-        huey.storage.close()
 
 
 HANGING_LOADER = textwrap.dedent("""\

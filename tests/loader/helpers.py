@@ -17,6 +17,8 @@ import pyarrow as pa
 from duckstage import staging
 from duckstage.config import from_mapping
 from duckstage.staging import StagedFile
+from loader.load import reload, resolve_paths
+from loader.warehouse import Warehouse
 from tests.helpers import CONFIG_DIR, eventually, write_config
 
 BASE = dt.datetime(2025, 1, 6, 8, 0, tzinfo=dt.timezone.utc)
@@ -81,6 +83,15 @@ def table(config, name, cols="*", order="ts_code, trade_date"):
 
 def files_in(folder, pattern="*.parquet"):
     return sorted(p.name for p in Path(folder).rglob(pattern))
+
+
+def reload_files(config, patterns, force=False):
+    """``reload`` of the files the patterns name, into the configuration's warehouse: the outcome."""
+    wh = Warehouse(config.loader.database).open()
+    try:
+        return reload(wh, config, resolve_paths(config, [str(p) for p in patterns]), force=force)
+    finally:
+        wh.close()
 
 
 def loader_cmd(config_path, *args):

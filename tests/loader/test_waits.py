@@ -16,7 +16,7 @@ import duckdb
 
 from loader import Loader
 from tests.helpers import eventually, free_port, get, get_json, hold_database, release
-from tests.loader.helpers import Stage, daily, files_in, loader_cmd, loader_config, run_cli, write_loader_config
+from tests.loader.helpers import Stage, daily, files_in, loader_config, run_cli, write_loader_config
 
 
 
