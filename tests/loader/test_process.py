@@ -2,6 +2,7 @@
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 
@@ -162,15 +163,15 @@ def _many_files(config, seed, files, rows=300):
 def test_kill_9_at_random_moments_converges_to_a_crash_free_run(tmp_path, files):
     calm = loader_config(tmp_path / "calm")
     _many_files(calm, seed=7, files=files)
+    path = write_loader_config(tmp_path / "crash", max_rows_per_transaction=800)
+    crash = loader_config(tmp_path / "crash")
+    shutil.copytree(calm.staging_dir, crash.staging_dir)  # the same sealed files for both runs
     loader = Loader(calm.with_loader(max_rows_per_transaction=800))
     while loader.run_once():
         pass
     loader.stop()
     expected = {t: table(calm, t, order="ALL") for t in ("stock_daily", "stock_basic")}
 
-    path = write_loader_config(tmp_path / "crash", max_rows_per_transaction=800)
-    crash = loader_config(tmp_path / "crash")
-    _many_files(crash, seed=7, files=files)
     total = len(files_in(crash.staging_dir))
     mid_work = kill_9_lives(path, crash.staging_dir, random.Random(11), 40)
     assert files_in(crash.staging_dir) == [], "not done after 40 lives"

@@ -102,7 +102,7 @@ def test_kill_9_at_random_moments_loses_nothing(make_config, producer, spawn):
         proc = spawn("stager", path, "run")
         # Start-up takes ~0.5 s: some kills land in it. Lives grow longer so that, however
         # slow the machine, later ones reach the work.
-        time.sleep(rng.uniform(0.3, 1.6) + 0.2 * life)
+        time.sleep(rng.uniform(0.3, 1.6) + 0.1 * life)
         mid_work += leased_since(config, born) > 0
         proc.kill9()
     assert mid_work >= 1, "no kill landed while the stager held leased tasks"
