@@ -13,7 +13,7 @@ import textwrap
 
 import yaml
 
-from tests.conftest import CONFIG_DIR, wait_for
+from tests.helpers import CONFIG_DIR, wait_for
 
 PRODUCER = textwrap.dedent("""\
     import logging

@@ -3,7 +3,7 @@
 import re
 
 from duckstage.config import SPEC, declared_keys, reference_table
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DOC = REPO / "docs/configuration.md"
 

@@ -17,7 +17,7 @@ import pytest
 
 from duckstage.config import load_config
 from stager.produce import generate
-from tests.conftest import REPO, write_config
+from tests.helpers import REPO, write_config
 
 # 40 stocks over 6 trading days from 2024-04-25: all seven task types, every kind of bad row.
 DEMO = dict(stocks=40, days=6, seed=3, bad_share=0.02, start="20240425")

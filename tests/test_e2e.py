@@ -4,24 +4,20 @@ processes) against what the synthetic producer generated, row for row.
 The warehouse is compared with ``expected_rows(generate(...))`` on every
 declared column of every task type; the dead letter must hold exactly the
 injected bad rows; nothing may be quarantined, left in staging or left in the
-Huey queue, its leases or its result store. ``tests/test_soak.py`` reuses the
-checks below under ``kill -9``.
+Huey queue, its leases or its result store. The checks live with the oracle
+(``tests/oracle.py``); ``tests/test_soak.py`` runs them under ``kill -9``.
 """
 
-import math
 import subprocess
 import sys
-from collections import Counter
 
 import duckdb
-import pytest
 
 from duckstage.config import load_config
-from stager.deadletter import UNKNOWN, read_records
 from stager.produce import generate
-from stager.tasks import build_huey
-from tests.conftest import REPO, write_config
-from tests.oracle import expected_rows
+from tests.helpers import REPO, write_config
+from tests.oracle import (assert_archive_is_the_manifest, assert_deadletter_is_injected, assert_nothing_left,
+                          assert_warehouse_equals, expected_rows, injected_bad_rows, warehouse_tables)
 
 # 40 stocks over 6 trading days from 2024-04-25: the whole-market statement
 # fetches after the 2023 annual and 2024 Q1 deadlines (2024-04-30) fall in the
@@ -40,151 +36,6 @@ def run_demo(config_path, stocks, days, seed, bad_share, start, timeout=120):
 def generated(stocks, days, seed, bad_share, start):
     return generate(stocks=stocks, days=days, seed=seed, bad_share=bad_share, start=start)
 
-
-# -- the warehouse -------------------------------------------------------------
-
-def warehouse_tables(config):
-    """{task type: (column types, rows)} of the declared columns, sorted by primary key, read-only."""
-    con = duckdb.connect(str(config.loader.database), read_only=True)
-    try:
-        out = {}
-        for name in config.datasets.names:
-            ds = config.datasets[name]
-            types = dict(con.execute(
-                "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = 'main' AND table_name = ?", [name]).fetchall())
-            if not types:
-                continue
-            cols = ", ".join(f'"{c.name}"' for c in ds.columns)
-            pk = ", ".join(f'"{c}"' for c in ds.primary_key)
-            rows = con.execute(f'SELECT {cols} FROM "{name}" ORDER BY {pk}').fetchall()
-            out[name] = ({c.name: types.get(c.name) for c in ds.columns}, rows)
-        return out
-    finally:
-        con.close()
-
-
-def assert_warehouse_equals(config, expected):
-    """Every task type's table equals ``expected`` ({task type: pyarrow.Table}) row for row.
-
-    Floats are compared exactly: a value goes from the producer's Python float
-    to Arrow float64, Parquet DOUBLE and DuckDB DOUBLE with no arithmetic on the
-    way, so any difference, even in the last bit, is a bug (a lossy cast, a
-    text round trip). NaN must have become NULL (Tushare's "missing"); a NaN
-    left in the warehouse compares unequal to the expected None and fails.
-    Dates are compared as ``datetime.date``, not as text.
-    """
-    actual = warehouse_tables(config)
-    for name in config.datasets.names:
-        ds = config.datasets[name]
-        want = expected[name].to_pylist() if name in expected else []
-        want = [tuple(r[c.name] for c in ds.columns) for r in want]
-        types, got = actual.get(name, ({}, []))
-        if want:
-            assert types == {c.name: c.type for c in ds.columns}, f"{name}: column types"
-        assert len(got) == len(want), f"{name}: {len(got)} warehouse rows, {len(want)} expected"
-        for g, w in zip(got, want):
-            if g != w:
-                diff = {c.name: (gv, wv) for c, gv, wv in zip(ds.columns, g, w) if not _same(gv, wv)}
-                key = {k: w[[c.name for c in ds.columns].index(k)] for k in ds.primary_key}
-                pytest.fail(f"{name} {key}: (warehouse, expected) differ in {diff}")
-
-
-def _same(a, b):
-    return a == b and type(a) is type(b)
-
-
-# -- the dead letter -----------------------------------------------------------
-
-def _normal(row):
-    """A row as sent, comparable with its dead-letter copy: missing and null
-    values dropped (a list row may lack a key the dict shape sends as None;
-    NaN is stored as the text 'nan')."""
-    def missing(v):
-        return v is None or v == "nan" or (isinstance(v, float) and math.isnan(v))
-    return tuple(sorted((k, repr(v)) for k, v in row.items() if not missing(v)))
-
-
-def injected_bad_rows(batches):
-    """Counter of (task type, normalized row) for every injected bad row, and {that key: BadRow}."""
-    counts, by_key = Counter(), {}
-    for batch in batches:
-        for bad in batch.bad_rows:
-            key = (batch.task_type.value, _normal(bad.row))
-            counts[key] += 1
-            by_key[key] = bad
-    return counts, by_key
-
-
-def deadlettered_rows(config):
-    """Counter of (task type, normalized row) in the dead letter, and the records by that key."""
-    counts, records = Counter(), {}
-    for rec in read_records(config.deadletter_dir):
-        key = (rec["task_type"], _normal(rec["row"]))
-        counts[key] += 1
-        records.setdefault(key, []).append(rec)
-    return counts, records
-
-
-def assert_deadletter_is_injected(config, injected, exactly=True):
-    """Every dead-lettered row was injected as bad, refused for its injected fault.
-
-    ``exactly``: and every injected row is there once. Without it (after a
-    kill -9 a task may run twice and write its refused rows twice) each
-    injected row must be there at least once.
-    """
-    want, bad_rows = injected
-    got, records = deadlettered_rows(config)
-    assert not (config.deadletter_dir / UNKNOWN).exists()
-    not_injected = [records[k][0] for k in got if k not in want]
-    assert not not_injected, f"{len(not_injected)} dead-lettered rows were not injected, e.g. {not_injected[:3]}"
-    missing = [bad_rows[k] for k in want if got[k] < want[k]]
-    assert not missing, f"{len(missing)} injected bad rows are not in the dead letter, e.g. {missing[:3]}"
-    if exactly:
-        assert got == want
-    for key, recs in records.items():
-        bad = bad_rows[key]
-        for rec in recs:
-            assert rec["reason"].startswith(bad.column + ":"), (bad, rec["reason"])
-            assert rec["task_id"]
-
-
-# -- what is left over -----------------------------------------------------------
-
-def huey_state(config):
-    """Tasks (queued or leased), leases, results and scheduled tasks left in the Huey file."""
-    huey, _ = build_huey(config)
-    try:
-        s = huey.storage
-        tasks = s.sql("select count(*) from task where queue = ?", (s.name,), results=True)[0][0]
-        return {"tasks": tasks, "leases": s.lease_count(), "results": s.result_store_size(),
-                "scheduled": s.schedule_size()}
-    finally:
-        huey.storage.close()
-
-
-def files_under(folder):
-    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
-def assert_nothing_left(config):
-    assert huey_state(config) == {"tasks": 0, "leases": 0, "results": 0, "scheduled": 0}
-    assert files_under(config.staging_dir) == []  # neither sealed files nor .tmp leftovers
-    assert files_under(config.quarantine_dir) == []
-
-
-def assert_archive_is_the_manifest(config):
-    """Every archived file was committed (is in the manifest) and every manifest file was archived."""
-    archived = sorted(p.name for p in files_under(config.archive_dir))
-    con = duckdb.connect(str(config.loader.database), read_only=True)
-    try:
-        manifest = sorted(r[0] for r in con.execute("SELECT file FROM _duckstage_manifest").fetchall())
-    finally:
-        con.close()
-    assert archived == manifest
-
-
-# -- the tests ------------------------------------------------------------------
 
 def test_demo_warehouse_equals_what_the_producer_generated(tmp_path):
     path = write_config(tmp_path)

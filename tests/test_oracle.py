@@ -7,7 +7,7 @@ import pyarrow as pa
 from duckstage.datasets import load_datasets
 from stager.produce import Batch, BadRow, generate
 from stager.results import TaskType
-from tests.conftest import CONFIG_DIR
+from tests.helpers import CONFIG_DIR
 from tests.oracle import expected_rows
 
 DATASETS = load_datasets(CONFIG_DIR / "datasets.yaml")

@@ -25,7 +25,7 @@ from stager.produce import FIELDS, PRODUCE_OPTIONS, generate, produce, trading_d
 from stager.produce.bars import limit_prices
 from stager.results import TaskType
 from stager.tasks import build_huey
-from tests.conftest import CONFIG_DIR, REPO, write_config
+from tests.helpers import CONFIG_DIR, REPO, write_config
 
 DATASETS = load_datasets(CONFIG_DIR / "datasets.yaml")
 # Through the Q1 disclosure season, into H1's, and over the ex-dividend months.
@@ -556,37 +556,85 @@ def test_stager_produce_generates_only_the_task_types_the_configuration_declares
 
 # --- the real-downloader template ------------------------------------------
 
-def test_tushare_template_imports_without_tushare_and_passes_request_params():
-    import importlib.util
-    import sys
-    from pathlib import Path
+# A stand-in for the tushare package: the calls the template makes, answered from memory.
+FAKE_TUSHARE = """\
+from stager.produce import FIELDS
+from stager.results import TaskType
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "tushare_producer.py"
-    spec = importlib.util.spec_from_file_location("tushare_producer_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # tushare is not installed here: the import must not need it
-    assert importlib.util.find_spec("tushare") is None or "tushare" not in sys.modules
 
-    calls = []
+class Pro:
+    def stock_basic(self, exchange, list_status, fields):
+        if fields == "ts_code":
+            return {"ts_code": ["600000.SH", "830000.BJ"]}
+        return [{"ts_code": "600000.SH", "list_status": list_status}]
 
-    class Pro:  # stands in for the network, returning what the API would
-        def daily(self, trade_date, fields):
-            assert fields.split(",") == list(FIELDS[TaskType.STOCK_DAILY])
-            return [{"ts_code": "600000.SH", "trade_date": trade_date}]
+    def trade_cal(self, exchange, start_date, end_date, is_open):
+        return {"cal_date": ["20240103", "20240102"]}
 
-    class Ts:
-        @staticmethod
-        def pro_bar(api, adj, freq, asset, ts_code, start_date, end_date, adjfactor=False):
-            return None if ts_code.startswith("8") else [{"ts_code": ts_code, "adj": adj}]
+    def daily(self, trade_date, fields):
+        assert fields.split(",") == list(FIELDS[TaskType.STOCK_DAILY]), fields
+        return [{"ts_code": "600000.SH", "trade_date": trade_date}]
 
-    module.PAUSE = 0
-    enqueue = lambda task_type, data, **params: calls.append((task_type, params))  # noqa: E731
-    module.fetch_daily(Pro(), enqueue, "20240102")
-    module.fetch_bars(Ts, Pro(), enqueue, "600000.SH", "20240102", "20240131")
-    module.fetch_bars(Ts, Pro(), enqueue, "830000.BJ", "20240102", "20240131")  # pro_bar -> None
-    assert calls == [
-        (TaskType.STOCK_DAILY, {"trade_date": "20240102"}),
-        (TaskType.DAILY_BAR_QFQ, {"adj": "qfq", "adjfactor": True, "ts_code": "600000.SH",
-                                  "start_date": "20240102", "end_date": "20240131"}),
-        (TaskType.DAILY_BAR_NONE, {"ts_code": "600000.SH", "start_date": "20240102", "end_date": "20240131"}),
+    def _statement(self, period, report_type, fields):
+        return [{"ts_code": "600000.SH", "end_date": period}]
+
+    income_vip = balancesheet_vip = cashflow_vip = _statement
+
+
+def pro_api(token):
+    assert token == "a-token", token
+    return Pro()
+
+
+def pro_bar(api, adj, freq, asset, ts_code, start_date, end_date, adjfactor=False):
+    return None if ts_code.startswith("8") else [{"ts_code": ts_code, "adj": adj}]
+"""
+
+# Imports the template as a downloader would, then runs its main without the pauses.
+RUN_TEMPLATE = """\
+import importlib.util
+import sys
+
+spec = importlib.util.spec_from_file_location("tushare_producer", sys.argv[1])
+template = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(template)
+print("tushare imported with the template:", "tushare" in sys.modules, flush=True)
+template.PAUSE = 0
+template.main(sys.argv[2:])
+"""
+
+
+def test_tushare_template_imports_without_tushare_and_enqueues_each_call_with_its_request(tmp_path):
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "tushare.py").write_text(FAKE_TUSHARE)
+    (tmp_path / "run_template.py").write_text(RUN_TEMPLATE)
+    path = write_config(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake"), "TUSHARE_TOKEN": "a-token",
+           "DUCKSTAGE_CONFIG": str(path)}
+    done = subprocess.run([sys.executable, str(tmp_path / "run_template.py"),
+                           str(REPO / "examples" / "tushare_producer.py"), "20240102", "20240405"],
+                          env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The fake is importable, so this fails if the template imported tushare at module level.
+    assert "tushare imported with the template: False" in done.stdout, done.stdout
+
+    huey, _ = build_huey(load_config(path))
+    try:
+        tasks = huey.pending()
+    finally:
+        huey.storage.close()
+    assert all("fetched_at" in task.kwargs for task in tasks)  # stamped by the task at enqueue
+    enqueued = [(task.args[0], task.args[1].to_pylist(), {k: v for k, v in task.kwargs.items() if k != "fetched_at"})
+                for task in tasks]
+    window = {"ts_code": "600000.SH", "start_date": "20240102", "end_date": "20240405"}
+    statement = {"period": "20240331", "report_type": "1"}
+    assert enqueued == [
+        *[(TaskType.STOCK_BASIC, [{"ts_code": "600000.SH", "list_status": s}], {"exchange": "", "list_status": s})
+          for s in ("L", "D", "P")],
+        *[(TaskType.STOCK_DAILY, [{"ts_code": "600000.SH", "trade_date": d}], {"trade_date": d})
+          for d in ("20240102", "20240103")],  # in date order, whatever order the calendar came in
+        (TaskType.DAILY_BAR_QFQ, [{"ts_code": "600000.SH", "adj": "qfq"}], {"adj": "qfq", "adjfactor": True, **window}),
+        (TaskType.DAILY_BAR_NONE, [{"ts_code": "600000.SH", "adj": None}], window),  # 830000.BJ: pro_bar -> None
+        *[(task_type, [{"ts_code": "600000.SH", "end_date": "20240331"}], statement)
+          for task_type in (TaskType.INCOME, TaskType.BALANCESHEET, TaskType.CASHFLOW)],
     ]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONFIG_DIR, REPO
+from tests.helpers import CONFIG_DIR, REPO
 
 README = REPO / "README.md"
 DOCUMENTS = [README, *sorted((REPO / "docs").glob("*.md"))]  # whose sh and sql blocks run

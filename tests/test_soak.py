@@ -34,10 +34,9 @@ from duckstage import staging
 from duckstage.config import load_config
 from stager.produce import generate, produce
 from stager.tasks import build_huey
-from tests.conftest import wait_for, write_config
-from tests.oracle import expected_rows
-from tests.test_e2e import (assert_archive_is_the_manifest, assert_deadletter_is_injected, assert_nothing_left,
-                            assert_warehouse_equals, injected_bad_rows)
+from tests.helpers import queue_state, wait_for, write_config
+from tests.oracle import (assert_archive_is_the_manifest, assert_deadletter_is_injected, assert_nothing_left,
+                          assert_warehouse_equals, expected_rows, injected_bad_rows)
 
 SECONDS = float(os.environ.get("DUCKSTAGE_SOAK_SECONDS", "120"))
 RATE = float(os.environ.get("DUCKSTAGE_SOAK_RATE", "2000"))  # rows/s enqueued
@@ -92,22 +91,6 @@ class Producer(threading.Thread):
         assert not self.is_alive(), "the producer did not stop"
 
 
-def queue_size(config):
-    huey, _ = build_huey(config)
-    try:
-        return huey.storage.queue_size()
-    finally:
-        huey.storage.close()
-
-
-def lease_count(config):
-    huey, _ = build_huey(config)
-    try:
-        return huey.storage.lease_count()
-    finally:
-        huey.storage.close()
-
-
 def sealed_waiting(config):
     return sum(len(staging.sealed_files(config.staging_dir / name)) for name in config.datasets.names)
 
@@ -135,7 +118,7 @@ def test_soak_kill_9_both_processes_at_random(tmp_path, spawn):
         for name, p in procs.items():
             assert p.proc.poll() is None, f"{name} exited by itself ({p.proc.returncode}):\n{p.log()[-3000:]}"
         victims = rng.choice((["stager"], ["loader"], ["stager", "loader"]))
-        busy = {"stager": lease_count(config) > 0, "loader": sealed_waiting(config) > 0}
+        busy = {"stager": queue_state(config)[1] > 0, "loader": sealed_waiting(config) > 0}
         for name in victims:
             procs[name].kill9()
             kills[name] += 1
@@ -147,7 +130,7 @@ def test_soak_kill_9_both_processes_at_random(tmp_path, spawn):
     producer.stop()
     assert producer.error is None, producer.error
     stager, loader = procs["stager"], procs["loader"]
-    wait_for(lambda: queue_size(config) == 0, timeout=300, interval=0.5, message="the stager to lease every task")
+    wait_for(lambda: queue_state(config)[0] == 0, timeout=300, interval=0.5, message="the stager to lease every task")
     assert stager.stop(120) == 0, stager.log()[-3000:]  # SIGTERM: seal every buffer, ack what was sealed
     wait_for(lambda: sealed_waiting(config) == 0, timeout=300, interval=0.5,
              message="the loader to commit every sealed file")

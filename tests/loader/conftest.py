@@ -1,92 +1,16 @@
-"""Fixtures for the loader: real configs, real sealed files, real DuckDB files in tmp_path.
+"""Fixtures for the loader: a real configuration, sealed files, and no thread left behind."""
 
-Staged files are made the way the stager makes them (``duckstage.staging.seal``
-with the dataset's Arrow schema and footer), without the stager's service.
-"""
-
-import datetime as dt
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
-import duckdb
-import pyarrow as pa
 import pytest
-import yaml
 
-from duckstage import staging
-from duckstage.config import from_mapping
-from duckstage.staging import StagedFile
-from tests.conftest import duckdb_cli, hold_database, release  # noqa: F401 - shared with the loader tests
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-BASE = dt.datetime(2025, 1, 6, 8, 0, tzinfo=dt.timezone.utc)
-FAST = {"retry_delay": 0.05, "retry_max_delay": 0.2, "idle_release": 0, "rescan_interval": 0.2}
-
-
-
-
-
-
-
-
-def fetched(minutes):
-    """A _fetched_at value: UTC naive, ``minutes`` after BASE."""
-    return (BASE + dt.timedelta(minutes=minutes)).replace(tzinfo=None)
-
-
-def daily(code, day, close, minutes=0, task="task-1", **extra):
-    """One stock_daily row (day = day of January 2025)."""
-    row = {"ts_code": code, "trade_date": dt.date(2025, 1, day), "open": close - 0.5, "high": close + 1,
-           "low": close - 1, "close": close, "pre_close": None, "change": None, "pct_chg": None,
-           "vol": 100.0, "amount": 1000.0, "ah_vol": None, "ah_amount": None,
-           "_task_id": task, "_fetched_at": fetched(minutes)}
-    row.update(extra)
-    return row
-
-
-class Stage:
-    """Seal files into ``staging/<task_type>/`` in seal order (one second apart)."""
-
-    def __init__(self, config):
-        self.config = config
-        self.seq = 0
-
-    def __call__(self, task_type, rows=None, table=None, instance="t1", name=None):
-        self.seq += 1
-        dataset = self.config.datasets[task_type]
-        if table is None:
-            table = pa.Table.from_pylist(rows, schema=dataset.arrow_schema)
-        sf = StagedFile.new(task_type, instance, self.seq, now=BASE + dt.timedelta(seconds=self.seq))
-        folder = self.config.staging_dir / (name or task_type)
-        meta = staging.footer_metadata(dataset, len(table), {"task-1"}, instance, sf.created_at, 1)
-        return staging.seal(table, folder / sf.name, meta)
-
-
-def make_config(tmp_path, **loader):
-    return from_mapping({"loader": {**FAST, **loader}}, "<test>", CONFIG_DIR, tmp_path)
-
-
-def write_config(tmp_path, **loader):
-    """A YAML config for subprocesses; returns its path."""
-    path = tmp_path / "duckstage.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({
-        "data_dir": str(tmp_path / "data"),
-        "datasets": str(CONFIG_DIR / "datasets.yaml"),
-        "log_level": "INFO",
-        "loader": {**FAST, **loader},
-    }))
-    return path
+from tests.helpers import eventually
+from tests.loader.helpers import Stage, loader_config
 
 
 @pytest.fixture
 def config(tmp_path):
-    return make_config(tmp_path)
+    return loader_config(tmp_path)
 
 
 @pytest.fixture
@@ -94,64 +18,9 @@ def stage(config):
     return Stage(config)
 
 
-def query(config, sql, params=None):
-    # Same configuration as the loader's, so it shares the loader's open database in this process.
-    con = duckdb.connect(str(config.loader.database), config={"storage_compatibility_version": "v1.5.0"})
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
-
-
-def table(config, name, cols="*", order="ts_code, trade_date"):
-    return query(config, f"SELECT {cols} FROM {name} ORDER BY {order}")
-
-
-def files_in(folder, pattern="*.parquet"):
-    return sorted(p.name for p in Path(folder).rglob(pattern))
-
-
-def loader_cmd(config_path, *args):
-    return [sys.executable, "-m", "loader", "--config", str(config_path), *args]
-
-
-def run_cli(config_path, *args, timeout=60):
-    return subprocess.run(loader_cmd(config_path, *args), capture_output=True, text=True, timeout=timeout,
-                          cwd=str(config_path.parent))
-
-
-def kill_9_lives(config_path, staging_dir, rng, lives, first=(0.5, 1.0)):
-    """``loader run``, killed with SIGKILL at random moments, life after life, until staging/ is empty.
-
-    Returns how many kills landed mid-work (some files loaded, some not).
-    """
-    mid_work = 0
-    for life in range(lives):
-        before = len(files_in(staging_dir))
-        if not before:
-            break
-        proc = subprocess.Popen(loader_cmd(config_path, "run"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Lives grow longer so the run always ends, whatever the machine's speed.
-        wait_for(lambda: proc.poll() is not None, rng.uniform(*first) + 0.1 * life)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        mid_work += 0 < len(files_in(staging_dir)) < before
-    return mid_work
-
-
-def wait_for(predicate, timeout=10.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
-
-
 @pytest.fixture(autouse=True)
 def no_leaked_threads():
     before = set(threading.enumerate())
     yield
-    assert wait_for(lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()], 5), \
+    assert eventually(lambda: not [t for t in threading.enumerate() if t not in before and t.is_alive()], 10), \
         [t.name for t in threading.enumerate() if t not in before]

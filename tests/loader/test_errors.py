@@ -12,7 +12,8 @@ from loader import Loader
 from loader.exceptions import DatabaseBusy
 from loader.warehouse import Warehouse
 
-from .conftest import daily, files_in, hold_database, make_config, query, release, table
+from tests.helpers import hold_database, release
+from tests.loader.helpers import daily, files_in, loader_config, query, table
 
 
 def _report(config, path):
@@ -96,7 +97,7 @@ def test_a_row_the_table_refuses_quarantines_only_its_file(config, stage):
 
 
 def test_a_busy_database_is_retried_then_loaded(tmp_path, stage):
-    config = make_config(tmp_path, max_retries=1)
+    config = loader_config(tmp_path, max_retries=1)
     stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
     holder = hold_database(config.loader.database)  # a person has the warehouse open in the duckdb CLI
     try:

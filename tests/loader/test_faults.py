@@ -20,8 +20,9 @@ from loader import Loader, filing
 from loader.warehouse import MANIFEST
 from duckstage.staging import StagedFile
 
-from .conftest import (Stage, daily, files_in, hold_database, kill_9_lives, make_config, query, release, run_cli,
-                       table, wait_for, write_config)
+from tests.helpers import eventually, hold_database, release
+from tests.loader.helpers import (Stage, daily, files_in, kill_9_lives, loader_config, query, run_cli, table,
+                                  write_loader_config)
 
 
 def _loads(config):
@@ -62,7 +63,7 @@ def staging_on_tmpfs(tmp_path):
 
 
 def test_staging_on_another_file_system_is_archived_by_copy(tmp_path, staging_on_tmpfs):
-    config = make_config(tmp_path)
+    config = loader_config(tmp_path)
     stage = Stage(config)
     first = stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
     basic = stage("stock_basic", [_basic("600000.SH")])
@@ -97,7 +98,7 @@ def _loaded_then_crashed(config, stage):
 
 
 def test_a_crash_after_the_copy_before_the_unlink_is_finished_not_reloaded(tmp_path, staging_on_tmpfs):
-    config = make_config(tmp_path)
+    config = loader_config(tmp_path)
     path, archived, body = _loaded_then_crashed(config, Stage(config))
     assert path.exists() and archived.exists()  # the file in both places, as the crash left it
 
@@ -110,7 +111,7 @@ def test_a_crash_after_the_copy_before_the_unlink_is_finished_not_reloaded(tmp_p
 
 
 def test_a_half_copied_archive_file_never_passes_for_a_whole_one(tmp_path, staging_on_tmpfs):
-    config = make_config(tmp_path)
+    config = loader_config(tmp_path)
     path, archived, body = _loaded_then_crashed(config, Stage(config))
     archived.unlink()
     half = archived.with_name("." + archived.name + ".tmp")  # the copy a crash cut in the middle
@@ -127,7 +128,7 @@ def test_a_half_copied_archive_file_never_passes_for_a_whole_one(tmp_path, stagi
 
 
 def test_a_leftover_temporary_copy_of_a_file_long_gone_is_removed(tmp_path, staging_on_tmpfs):
-    config = make_config(tmp_path)
+    config = loader_config(tmp_path)
     leftover = config.archive_dir / "stock_daily" / "2025-01-06" / ".stock_daily-x.parquet.tmp"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"PAR1 half")
@@ -139,8 +140,8 @@ def test_a_leftover_temporary_copy_of_a_file_long_gone_is_removed(tmp_path, stag
 
 @pytest.mark.timeout(120)
 def test_kill_9_while_archiving_across_file_systems_converges(tmp_path, staging_on_tmpfs):
-    path = write_config(tmp_path, max_rows_per_transaction=400)
-    config = make_config(tmp_path)
+    path = write_loader_config(tmp_path, max_rows_per_transaction=400)
+    config = loader_config(tmp_path)
     stage = Stage(config)
     rng = random.Random(5)
     for n in range(40):
@@ -196,7 +197,7 @@ def test_a_quarantine_that_takes_no_file_is_named_and_waited_out(tmp_path, confi
     assert retry["what"] == "quarantine failing" and f"cannot quarantine {damaged.name}" in retry["error"]
     assert files_in(config.archive_dir) == [good.name]  # the other task type went on
     assert damaged.exists()
-    human = run_cli(write_config(tmp_path), "status")
+    human = run_cli(write_loader_config(tmp_path), "status")
     assert "quarantine failing since" in human.stdout and "database busy" not in human.stdout
 
     config.quarantine_dir.unlink()
@@ -212,7 +213,7 @@ def test_a_quarantine_that_takes_no_file_is_named_and_waited_out(tmp_path, confi
 
 
 def test_an_archive_that_takes_no_file_backs_off_and_releases_the_database(tmp_path, caplog):
-    config = make_config(tmp_path, retry_delay=0.2, retry_max_delay=0.4, max_retries=2, rescan_interval=0.1)
+    config = loader_config(tmp_path, retry_delay=0.2, retry_max_delay=0.4, max_retries=2, rescan_interval=0.1)
     stage = Stage(config)
     paths = [stage("stock_daily", [daily(f"00000{i}.SZ", 2, 10.0)]) for i in range(1, 3)]
     config.archive_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +223,7 @@ def test_an_archive_that_takes_no_file_backs_off_and_releases_the_database(tmp_p
     with caplog.at_level(logging.INFO, logger="loader"):
         loader.start()
         try:
-            assert wait_for(lambda: (loader.get_status()["retry"] or {}).get("attempts", 0) >= 2, 10)
+            assert eventually(lambda: (loader.get_status()["retry"] or {}).get("attempts", 0) >= 2, 10)
             time.sleep(2.0)  # a while of waiting: backoff of 0.2, 0.4, then every 0.4 s
             status = loader.get_status()
             retries = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -235,7 +236,7 @@ def test_an_archive_that_takes_no_file_backs_off_and_releases_the_database(tmp_p
             assert all(p.exists() for p in paths)  # loaded, kept in staging/ until archived
 
             config.archive_dir.unlink()
-            assert wait_for(lambda: files_in(config.staging_dir) == [], 10)
+            assert eventually(lambda: files_in(config.staging_dir) == [], 10)
         finally:
             assert loader.stop(10)
     assert sorted(files_in(config.archive_dir)) == sorted(p.name for p in paths)
@@ -247,8 +248,8 @@ def test_an_archive_that_takes_no_file_backs_off_and_releases_the_database(tmp_p
 
 
 def test_a_file_still_being_copied_in_is_loaded_once_complete(tmp_path):
-    config = make_config(tmp_path, rescan_interval=0.2)
-    elsewhere = Stage(make_config(tmp_path / "elsewhere"))
+    config = loader_config(tmp_path, rescan_interval=0.2)
+    elsewhere = Stage(loader_config(tmp_path / "elsewhere"))
     rows = [daily(f"{i:06d}.SZ", 2, float(i)) for i in range(1, 2000)]
     sealed = elsewhere("stock_daily", rows)
     body = sealed.read_bytes()
@@ -267,7 +268,7 @@ def test_a_file_still_being_copied_in_is_loaded_once_complete(tmp_path):
     try:
         writer.start()
         writer.join(30)
-        assert wait_for(lambda: files_in(config.archive_dir) == [sealed.name], 10)
+        assert eventually(lambda: files_in(config.archive_dir) == [sealed.name], 10)
     finally:
         assert loader.stop(10)
     assert files_in(config.quarantine_dir) == []

@@ -24,7 +24,7 @@ from loader.status import collect, render
 from loader.warehouse import MANIFEST
 from duckstage.staging import StagedFile
 
-from .conftest import BASE, daily, files_in, query, table, write_config
+from tests.loader.helpers import BASE, daily, files_in, query, table, write_loader_config
 
 
 def _report(config, name, task_type="stock_daily"):
@@ -211,7 +211,7 @@ def test_a_fifo_named_like_a_sealed_file_is_quarantined_without_blocking(config,
 
 def test_a_footer_claiming_a_huge_length_is_refused_before_it_is_read(tmp_path):
     """A 200 MB (sparse) file whose last 8 bytes claim a 190 MB footer."""
-    config_path = write_config(tmp_path)
+    config_path = write_loader_config(tmp_path)
     folder = tmp_path / "data" / "staging" / "stock_daily"
     folder.mkdir(parents=True)
     path = folder / _sealed_name(1)

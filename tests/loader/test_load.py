@@ -8,7 +8,7 @@ import pyarrow as pa
 from loader import Loader
 from loader.warehouse import MANIFEST
 
-from .conftest import daily, fetched, files_in, query, table
+from tests.loader.helpers import daily, fetched, files_in, query, table
 
 
 def test_sealed_files_are_merged_once_and_archived(config, stage):
@@ -96,12 +96,12 @@ def test_a_new_column_is_added_to_the_table(config, stage):
 
 
 def test_new_column_policy_quarantine_and_ignore(tmp_path, stage):
-    from .conftest import make_config
+    from tests.loader.helpers import loader_config
 
     t = pa.Table.from_pylist([daily("000001.SZ", 3, 11.0)], schema=stage.config.datasets["stock_daily"].arrow_schema)
     extra = t.append_column("turnover_rate", pa.array([1.25]))
     stage("stock_daily", table=extra)
-    ignoring = make_config(tmp_path, new_columns="ignore")
+    ignoring = loader_config(tmp_path, new_columns="ignore")
     loader = Loader(ignoring)
     loader.run_once()
     loader.stop()
@@ -109,7 +109,7 @@ def test_new_column_policy_quarantine_and_ignore(tmp_path, stage):
     assert table(ignoring, "stock_daily", "close") == [(11.0,)]
 
     stage("stock_daily", table=extra)
-    strict = make_config(tmp_path, new_columns="quarantine")
+    strict = loader_config(tmp_path, new_columns="quarantine")
     loader = Loader(strict)
     loader.run_once()
     loader.stop()

@@ -2,6 +2,7 @@
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 
@@ -10,8 +11,9 @@ import pytest
 from loader import Loader
 from loader.warehouse import MANIFEST
 
-from .conftest import (daily, duckdb_cli, files_in, hold_database, kill_9_lives, loader_cmd, make_config, query,
-                       release, run_cli, table, wait_for, write_config, Stage)
+from tests.helpers import duckdb_cli, eventually, hold_database, release
+from tests.loader.helpers import (Stage, daily, files_in, kill_9_lives, loader_cmd, loader_config, query, run_cli,
+                                  table, write_loader_config)
 
 
 def _count(config, name="stock_daily"):
@@ -22,12 +24,12 @@ def _count(config, name="stock_daily"):
 
 
 def test_watchdog_wakes_the_loader_for_a_new_sealed_file(tmp_path):
-    config = make_config(tmp_path, rescan_interval=30)  # only the observer can be this quick
+    config = loader_config(tmp_path, rescan_interval=30)  # only the observer can be this quick
     stage = Stage(config)
     loader = Loader(config).start()
     try:
         stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
-        assert wait_for(lambda: files_in(config.archive_dir) != [], 5)
+        assert eventually(lambda: files_in(config.archive_dir) != [], 15)  # a rescan would take 30 s
     finally:
         assert loader.stop(10)
     assert table(config, "stock_daily", "close") == [(10.0,)]
@@ -40,7 +42,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     result = run_cli(bad, "run")  # status shows a refused file; run refuses it
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "loader.max_retries" in result.stderr
-    good = write_config(tmp_path)
+    good = write_loader_config(tmp_path)
     result = run_cli(good, "reload", str(tmp_path / "missing-*.parquet"))
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
     result = run_cli(good, "rebuild", "--task-type", "nope")
@@ -48,15 +50,15 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
 
 
 def test_run_loads_at_startup_reports_status_while_holding_the_db_and_stops_on_sigterm(tmp_path):
-    path = write_config(tmp_path, idle_release=60)  # keep the database held while status runs
-    config = make_config(tmp_path)
+    path = write_loader_config(tmp_path, idle_release=60)  # keep the database held while status runs
+    config = loader_config(tmp_path)
     stage = Stage(config)
     stage("stock_daily", [daily("000001.SZ", 2, 10.0)])  # sealed while the loader was down
     proc = subprocess.Popen(loader_cmd(path, "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_for(lambda: files_in(config.archive_dir) != [], 20)
+        assert eventually(lambda: files_in(config.archive_dir) != [], 20)
         stage("stock_daily", [daily("000002.SZ", 2, 10.0)])
-        assert wait_for(lambda: len(files_in(config.archive_dir)) == 2, 10)
+        assert eventually(lambda: len(files_in(config.archive_dir)) == 2, 10)
         result = run_cli(path, "status", "--json")
         assert result.returncode == 0, result.stderr
         st = json.loads(result.stdout)
@@ -77,8 +79,8 @@ def test_run_loads_at_startup_reports_status_while_holding_the_db_and_stops_on_s
 
 
 def test_run_waits_for_a_person_holding_the_database_then_loads(tmp_path):
-    path = write_config(tmp_path, max_retries=2)
-    config = make_config(tmp_path)
+    path = write_loader_config(tmp_path, max_retries=2)
+    config = loader_config(tmp_path)
     Stage(config)("stock_daily", [daily("000001.SZ", 2, 10.0)])
     holder = hold_database(config.loader.database)
     proc = subprocess.Popen(loader_cmd(path, "run"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -88,10 +90,10 @@ def test_run_waits_for_a_person_holding_the_database_then_loads(tmp_path):
                 if (config.run_dir / "loader.json").exists() else {}
             return (snap.get("retry") or {}).get("slow")
 
-        assert wait_for(slow_retry, 20)
+        assert eventually(slow_retry, 20)
         assert files_in(config.staging_dir) != []
         release(holder)
-        assert wait_for(lambda: files_in(config.archive_dir) != [], 20)
+        assert eventually(lambda: files_in(config.archive_dir) != [], 20)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
     finally:
@@ -104,8 +106,8 @@ def test_run_waits_for_a_person_holding_the_database_then_loads(tmp_path):
 
 
 def test_reload_cli_and_force(tmp_path):
-    path = write_config(tmp_path)
-    config = make_config(tmp_path)
+    path = write_loader_config(tmp_path)
+    config = loader_config(tmp_path)
     stage = Stage(config)
     stage("stock_daily", [daily("000001.SZ", 2, 10.0, minutes=1)])
     stage("stock_daily", [daily("000001.SZ", 2, 11.0, minutes=2)])
@@ -159,17 +161,17 @@ def _many_files(config, seed, files, rows=300):
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("files", [pytest.param(50, id="quick"), pytest.param(200, id="soak", marks=pytest.mark.slow)])
 def test_kill_9_at_random_moments_converges_to_a_crash_free_run(tmp_path, files):
-    calm = make_config(tmp_path / "calm")
+    calm = loader_config(tmp_path / "calm")
     _many_files(calm, seed=7, files=files)
+    path = write_loader_config(tmp_path / "crash", max_rows_per_transaction=800)
+    crash = loader_config(tmp_path / "crash")
+    shutil.copytree(calm.staging_dir, crash.staging_dir)  # the same sealed files for both runs
     loader = Loader(calm.with_loader(max_rows_per_transaction=800))
     while loader.run_once():
         pass
     loader.stop()
     expected = {t: table(calm, t, order="ALL") for t in ("stock_daily", "stock_basic")}
 
-    path = write_config(tmp_path / "crash", max_rows_per_transaction=800)
-    crash = make_config(tmp_path / "crash")
-    _many_files(crash, seed=7, files=files)
     total = len(files_in(crash.staging_dir))
     mid_work = kill_9_lives(path, crash.staging_dir, random.Random(11), 40)
     assert files_in(crash.staging_dir) == [], "not done after 40 lives"

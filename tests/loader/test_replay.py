@@ -4,10 +4,10 @@ import pytest
 
 from loader import Loader
 from loader.exceptions import LoaderError
-from loader.load import rebuild, reload, resolve_paths
+from loader.load import rebuild, resolve_paths
 from loader.warehouse import MANIFEST, Warehouse
 
-from .conftest import daily, files_in, query, table
+from tests.loader.helpers import daily, files_in, query, reload_files, table
 
 
 def _load(config, stage):
@@ -19,18 +19,10 @@ def _load(config, stage):
     return next(config.archive_dir.rglob(old.name))
 
 
-def _reload(config, patterns, force=False):
-    wh = Warehouse(config.loader.database).open()
-    try:
-        return reload(wh, config, resolve_paths(config, [str(p) for p in patterns]), force=force)
-    finally:
-        wh.close()
-
-
 def test_reload_of_a_loaded_file_changes_nothing(config, stage):
     _load(config, stage)
     before = table(config, "stock_daily")
-    out = _reload(config, [config.archive_dir / "stock_daily" / "*" / "*.parquet"])
+    out = reload_files(config, [config.archive_dir / "stock_daily" / "*" / "*.parquet"])
     assert len(out.loaded) == 2
     assert table(config, "stock_daily") == before
     assert query(config, f"SELECT count(*), sum(loads) FROM {MANIFEST}") == [(2, 4)]
@@ -39,11 +31,11 @@ def test_reload_of_a_loaded_file_changes_nothing(config, stage):
 
 def test_an_old_file_replayed_does_not_roll_back_but_force_does(config, stage):
     old = _load(config, stage)
-    out = _reload(config, [old])
+    out = reload_files(config, [old])
     assert out.updated == 0
     assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 11.0), ("000001.SZ", 12.0),
                                                               ("600000.SH", 5.0)]
-    out = _reload(config, [old], force=True)
+    out = reload_files(config, [old], force=True)
     assert out.updated == 2
     assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 10.0), ("000001.SZ", 12.0),
                                                               ("600000.SH", 5.0)]
@@ -56,7 +48,7 @@ def test_reload_of_a_quarantined_file_archives_it(config, stage):
     moved = config.quarantine_dir / "stock_daily" / path.name
     path.rename(moved)
     moved.with_name(moved.name + ".error.json").write_text("{}")
-    _reload(config, [moved])
+    reload_files(config, [moved])
     assert table(config, "stock_daily", "close") == [(10.0,)]
     assert files_in(config.quarantine_dir, "*.*") == []
     assert files_in(config.archive_dir) == [path.name]

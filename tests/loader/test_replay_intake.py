@@ -10,8 +10,8 @@ from loader.exceptions import LoaderError
 from loader.load import rebuild, resolve_paths
 from loader.warehouse import MANIFEST, Warehouse
 
-from .conftest import Stage, daily, files_in, make_config, query, run_cli, table, write_config
-from .test_replay import _reload
+from tests.loader.helpers import (Stage, daily, files_in, loader_config, query, reload_files, run_cli, table,
+                                  write_loader_config)
 
 
 def _load(config, stage, files=3):
@@ -80,8 +80,8 @@ def test_rebuild_stops_when_a_listed_file_is_missing_from_the_archive(config, st
 
 
 def test_rebuild_cli_exits_1_unfinished_and_keeps_the_table(tmp_path):
-    config_path = write_config(tmp_path)
-    config = make_config(tmp_path)
+    config_path = write_loader_config(tmp_path)
+    config = loader_config(tmp_path)
     archived = _load(config, Stage(config))
     archived[0].unlink()
     before = _state(config)
@@ -94,8 +94,8 @@ def test_rebuild_cli_exits_1_unfinished_and_keeps_the_table(tmp_path):
 
 
 def test_rebuild_leaves_out_files_removed_by_retention_and_says_so(tmp_path):
-    config_path = write_config(tmp_path, archive_retention_days=30)  # the files are from January 2025
-    config = make_config(tmp_path, archive_retention_days=30)
+    config_path = write_loader_config(tmp_path, archive_retention_days=30)  # the files are from January 2025
+    config = loader_config(tmp_path, archive_retention_days=30)
     archived = _load(config, Stage(config))
     shutil.rmtree(archived[0].parent)  # what the retention sweep does to a day folder
     done = run_cli(config_path, "rebuild")
@@ -116,7 +116,7 @@ def test_rebuild_replays_a_duplicate_as_a_duplicate(config, stage):
     out = _rebuild(config)
     assert out.loaded == [archived[0].name] and out.duplicates == [dup.name]
     assert _state(config) == before
-    done = run_cli(write_config(config.data_dir.parent), "reload", str(next(config.archive_dir.rglob(dup.name))))
+    done = run_cli(write_loader_config(config.data_dir.parent), "reload", str(next(config.archive_dir.rglob(dup.name))))
     assert done.returncode == 0, done.stderr
     assert "0 file(s) merged" in done.stdout and "1 duplicate(s) of loaded files" in done.stdout
     assert _state(config) == before
@@ -146,7 +146,7 @@ def test_reload_of_a_quarantined_symlink_copies_the_target_in_and_leaves_it_wher
     link.symlink_to(target)
     (folder / (link.name + ".error.json")).write_text("{}")
 
-    out = _reload(config, [link])
+    out = reload_files(config, [link])
 
     assert out.loaded == [link.name]
     assert target.read_bytes() == content and os.listdir(target.parent) == [target.name]
@@ -165,7 +165,7 @@ def test_reload_of_a_link_to_a_file_that_is_not_parquet_moves_nothing_outside(co
     link.parent.mkdir(parents=True)
     link.symlink_to(secret)
 
-    out = _reload(config, [link])
+    out = reload_files(config, [link])
 
     assert out.quarantined == [link.name] and out.loaded == []
     assert secret.read_text().startswith("root:") and os.listdir(secret.parent) == ["passwd"]
@@ -176,7 +176,7 @@ def test_reload_of_a_file_outside_data_copies_it_into_the_archive(config, stage,
     archived = _load(config, stage)
     target = _outside_copy(config, archived[0], tmp_path)
     content = target.read_bytes()
-    out = _reload(config, [target])
+    out = reload_files(config, [target])
     assert out.loaded == [target.name]
     assert target.read_bytes() == content
     assert archived[0].read_bytes() == content  # back in the archive, as a copy
@@ -191,7 +191,7 @@ def test_reload_of_an_archived_symlink_replaces_the_link_with_a_copy(config, sta
     archived = _load(config, stage)
     target = _outside_copy(config, archived[0], tmp_path)
     archived[0].symlink_to(target)
-    _reload(config, [archived[0]])
+    reload_files(config, [archived[0]])
     assert target.exists() and not archived[0].is_symlink() and archived[0].read_bytes() == target.read_bytes()
     assert query(config, f"SELECT count(*) FROM {MANIFEST}") == [(3,)]
 
@@ -202,7 +202,7 @@ def test_reload_refuses_a_different_file_under_an_archived_name(config, stage, t
     other.parent.mkdir()
     shutil.copy(archived[1], other)
     with pytest.raises(LoaderError, match="different file"):
-        _reload(config, [other])
+        reload_files(config, [other])
     assert other.exists()
 
 
@@ -218,8 +218,8 @@ def test_reload_refuses_a_link_to_something_that_is_not_a_regular_file(config, t
 
 
 def test_reload_cli_leaves_the_target_of_a_quarantined_link_in_place(tmp_path):
-    config_path = write_config(tmp_path)
-    config = make_config(tmp_path)
+    config_path = write_loader_config(tmp_path)
+    config = loader_config(tmp_path)
     archived = _load(config, Stage(config))
     target = _outside_copy(config, archived[0], tmp_path)
     link = config.quarantine_dir / "stock_daily" / archived[0].name

@@ -15,10 +15,9 @@ import time
 import duckdb
 
 from loader import Loader
-from tests.ops.conftest import free_port, get, get_json
+from tests.helpers import eventually, free_port, get, get_json, hold_database, release
+from tests.loader.helpers import Stage, daily, files_in, loader_config, run_cli, write_loader_config
 
-from .conftest import (Stage, daily, files_in, hold_database, loader_cmd, make_config, release, run_cli,
-                       wait_for, write_config)
 
 
 def _snapshot(config):
@@ -76,21 +75,21 @@ class Sealer:
 
 def test_files_sealed_while_the_database_is_held_do_not_cut_the_backoff_short(tmp_path, spawn):
     # retry_max_delay far above the rest: a loader that waits it out after release is plainly late.
-    path = write_config(tmp_path, max_retries=2, retry_delay=1.0, retry_max_delay=30, idle_release=0,
+    path = write_loader_config(tmp_path, max_retries=2, retry_delay=1.0, retry_max_delay=30, idle_release=0,
                         rescan_interval=0.5)
-    config = make_config(tmp_path)
+    config = loader_config(tmp_path)
     stage = Stage(config)
     stage("stock_daily", [daily("600000.SH", 2, 8.0)])
     holder = hold_database(config.loader.database)
     try:
         loader = spawn("loader", path, "--log-format", "json", "run")
         with Sealer(stage, every=0.2):
-            assert wait_for(lambda: len(_events(loader.log_path, "database_busy")) >= 3, 30), loader.log()
+            assert eventually(lambda: len(_events(loader.log_path, "database_busy")) >= 3, 30), loader.log()
             time.sleep(1.0)  # more files sealed into the slow wait after max_retries
             attempts = _events(loader.log_path, "database_busy")
         released_at = time.monotonic()
         release(holder)
-        assert wait_for(lambda: files_in(config.staging_dir) == [], 20), loader.log()
+        assert eventually(lambda: files_in(config.staging_dir) == [], 25), loader.log()
         resumed_after = time.monotonic() - released_at
     finally:
         if holder.poll() is None:
@@ -103,27 +102,27 @@ def test_files_sealed_while_the_database_is_held_do_not_cut_the_backoff_short(tm
     assert gaps[0] >= 0.8 and gaps[1] >= 1.6, gaps
     assert attempts[-1][1]["delay"] == 30
     # Resumed within retry_delay of the release (with room for a loaded machine), not after 30 s.
-    assert resumed_after < 6, resumed_after
+    assert resumed_after < 15, resumed_after
     assert _events(loader.log_path, "recovered")
 
 
 def test_status_says_loading_while_a_load_runs(tmp_path):
-    path = write_config(tmp_path)
-    config = make_config(tmp_path)
+    path = write_loader_config(tmp_path)
+    config = loader_config(tmp_path)
     stage = Stage(config)
     staged = [stage("stock_daily", [daily(f"00000{i}.SZ", 2, 10.0)]) for i in (1, 2)]
     gate = threading.Event()
     loader = Loader(config, connect=_held_back(gate)).start()
     try:
-        assert wait_for(lambda: _snapshot(config).get("state") == "loading", 10)
+        assert eventually(lambda: _snapshot(config).get("state") == "loading", 10)
         st = json.loads(run_cli(path, "status", "--json").stdout)
         assert st["loader"]["state"] == "loading"
         assert st["loading"]["task_type"] == "stock_daily" and st["loading"]["files"] == 2
         human = run_cli(path, "status").stdout
         assert "loader: loading" in human and "loading stock_daily: 0 of 2 file(s) since" in human
         gate.set()
-        assert wait_for(lambda: files_in(config.archive_dir) == sorted(p.name for p in staged), 10)
-        assert wait_for(lambda: _snapshot(config).get("state") == "idle", 10)
+        assert eventually(lambda: files_in(config.archive_dir) == sorted(p.name for p in staged), 10)
+        assert eventually(lambda: _snapshot(config).get("state") == "idle", 10)
     finally:
         gate.set()
         assert loader.stop(10)
@@ -132,8 +131,8 @@ def test_status_says_loading_while_a_load_runs(tmp_path):
 
 def test_a_step_that_makes_no_progress_fails_healthz_and_status_says_so(tmp_path):
     port = free_port()
-    path = write_config(tmp_path)
-    config = make_config(tmp_path, metrics_port=port)
+    path = write_loader_config(tmp_path)
+    config = loader_config(tmp_path, metrics_port=port)
     # Derived from the transaction's bound: 1,000,000 rows at 2,000 rows/s; never under 120 s.
     assert Loader(config).stuck_limit == 500
     assert Loader(config.with_loader(max_rows_per_transaction=10_000)).stuck_limit == 120
@@ -141,15 +140,15 @@ def test_a_step_that_makes_no_progress_fails_healthz_and_status_says_so(tmp_path
     gate = threading.Event()
     loader = Loader(config, connect=_held_back(gate), stuck_after=0.5).start()
     try:
-        assert wait_for(lambda: get(port, "/healthz")[0] == 503, 10)
+        assert eventually(lambda: get(port, "/healthz")[0] == 503, 10)
         code, body = get_json(port, "/healthz")
         assert code == 503 and any("no progress" in r and "stock_daily" in r for r in body["reasons"]), body
         st = json.loads(run_cli(path, "status", "--json").stdout)
         assert st["stuck"] is not None and st["stuck"] >= 0
         assert "stuck: the load step has made no progress" in run_cli(path, "status").stdout
         gate.set()
-        assert wait_for(lambda: files_in(config.archive_dir) != [], 10)
-        assert wait_for(lambda: get(port, "/healthz")[0] == 200, 10)
+        assert eventually(lambda: files_in(config.archive_dir) != [], 10)
+        assert eventually(lambda: get(port, "/healthz")[0] == 200, 10)
         assert json.loads(run_cli(path, "status", "--json").stdout)["stuck"] is None
     finally:
         gate.set()
@@ -157,15 +156,15 @@ def test_a_step_that_makes_no_progress_fails_healthz_and_status_says_so(tmp_path
 
 
 def test_a_clean_stop_logs_no_error_while_files_are_moving(tmp_path, spawn):
-    path = write_config(tmp_path)
-    config = make_config(tmp_path)
+    path = write_loader_config(tmp_path)
+    config = loader_config(tmp_path)
     stage = Stage(config)
     for _ in range(3):  # the watcher's stop raced events in most runs: three catch it
         proc = spawn("loader", path, "run")
-        assert wait_for(lambda: _snapshot(config).get("pid") == proc.proc.pid, 20), proc.log()
+        assert eventually(lambda: _snapshot(config).get("pid") == proc.proc.pid, 20), proc.log()
         archived = len(files_in(config.archive_dir))
         with Sealer(stage, every=0.02):  # sealed and archived all through the stop
-            assert wait_for(lambda: len(files_in(config.archive_dir)) > archived + 3, 20), proc.log()
+            assert eventually(lambda: len(files_in(config.archive_dir)) > archived + 3, 20), proc.log()
             assert proc.stop() == 0
         log = proc.log()
         assert "loader stopped" in log

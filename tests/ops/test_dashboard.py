@@ -10,7 +10,7 @@ from loader.service import Loader
 from duckstage.config import load_config
 from stager.metrics import families as stager_families
 from stager.service import Stager
-from tests.conftest import CONFIG_DIR, write_config
+from tests.helpers import CONFIG_DIR, write_config
 
 NAME = re.compile(r"\bduckstage_[a-z_]+")
 SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}

@@ -9,7 +9,7 @@ import yaml
 
 from stager import TaskType
 from duckstage.config import load_config
-from tests.conftest import wait_for, write_config
+from tests.helpers import wait_for, write_config
 from tests.stager.helpers import daily_rows, staged_paths
 
 

@@ -8,7 +8,7 @@ import sys
 from duckstage import logs
 from stager import TaskType
 from duckstage.config import load_config
-from tests.conftest import wait_for, write_config
+from tests.helpers import wait_for, write_config
 from tests.stager.helpers import daily_rows
 
 REQUIRED = {"timestamp", "level", "process", "pid", "thread", "logger", "event", "message"}

@@ -10,7 +10,7 @@ from stager import TaskType
 from duckstage.config import load_config
 from duckstage.exceptions import ConfigError
 from stager.service import Stager
-from tests.conftest import CONFIG_DIR, write_config
+from tests.helpers import CONFIG_DIR, write_config
 from tests.stager.helpers import daily_rows, deadletters, staged_paths
 
 RULES = '''

@@ -1,7 +1,7 @@
 import pytest
 
 from duckstage.config import load_config
-from tests.conftest import write_config
+from tests.helpers import write_config
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import yaml
 from duckstage.config import from_mapping, load_config
 from duckstage.datasets import parse_datasets
 from duckstage.exceptions import ConfigError
-from tests.conftest import CONFIG_DIR, write_config
+from tests.helpers import CONFIG_DIR, write_config
 
 
 def test_defaults_follow_the_original_design(tmp_path):

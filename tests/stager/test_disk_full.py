@@ -11,8 +11,10 @@ import subprocess
 
 import pytest
 
+from duckstage.exceptions import ResourceError
 from stager import TaskType
 from stager.service import Stager
+from tests.helpers import wait_for
 from tests.stager.helpers import daily_rows, deadletters, staged_keys, staged_paths, staged_rows
 
 
@@ -90,7 +92,7 @@ def test_a_dead_letter_write_that_fails_is_taken_back_and_its_task_runs_again_on
     earlier.write_text('{"task_id": "cut short by a crash", "row": {')  # an earlier crash mid-line
     stager.prepare()
     disk.full = True
-    with pytest.raises(Exception) as failed:
+    with pytest.raises(ResourceError) as failed:
         stager.stage_next()
     assert "ENOSPC" in str(failed.value)
     assert earlier.read_text() == '{"task_id": "cut short by a crash", "row": {'  # the failed write taken back
@@ -159,7 +161,6 @@ def test_a_seal_that_runs_out_of_space_leaves_no_temporary_file(small_disk, tmp_
     import pyarrow as pa
 
     from duckstage import staging
-    from duckstage.exceptions import ResourceError
 
     folder = tmp_path / "staging"
     disk = small_disk("1m", folder)
@@ -187,7 +188,6 @@ def test_a_running_stager_pauses_on_a_full_disk_and_carries_on_when_space_return
     import pyarrow.parquet as pq
 
     from duckstage import staging
-    from tests.conftest import wait_for
 
     path, config = make_config(stager={"batch_size": 1000, "batch_timeout": 0.3, "worker_threads": 2,
                                        "queue_check_interval": 0.05, "status_interval": 0.2})
@@ -237,8 +237,6 @@ def test_a_running_stager_pauses_on_a_full_disk_and_carries_on_when_space_return
 
 
 def test_an_unforeseen_error_while_sealing_keeps_the_rows_and_the_sealer_alive(make_config, producer):
-    from tests.conftest import wait_for
-
     _, config = make_config(stager={"batch_size": 1000, "batch_timeout": 0.2, "worker_threads": 1,
                                     "queue_check_interval": 0.05})
     producer(config)(TaskType.STOCK_DAILY, daily_rows(5))

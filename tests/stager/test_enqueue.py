@@ -10,7 +10,7 @@ from huey.api import group
 from stager import TaskType, UnknownTaskType
 from duckstage.config import load_config
 from stager.service import Stager
-from tests.conftest import CONFIG_DIR, write_config
+from tests.helpers import CONFIG_DIR, write_config
 from tests.stager.helpers import daily_rows, deadletters, staged_keys
 
 DECLARED = ["stock_basic", "stock_daily", "daily_bar_qfq", "daily_bar_none", "balancesheet", "income", "cashflow"]

@@ -19,7 +19,7 @@ import yaml
 from stager import TaskType
 from duckstage.config import load_config
 from stager.service import Stager
-from tests.conftest import CONFIG_DIR, duckdb_cli, wait_for, write_config
+from tests.helpers import CONFIG_DIR, duckdb_cli, wait_for, write_config
 from tests.stager.helpers import daily_rows, deadletters, staged_paths, staged_rows
 
 

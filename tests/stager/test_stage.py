@@ -10,8 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from duckstage import staging
+from duckstage.exceptions import ResourceError
 from stager import TaskType
 from stager.service import Stager
+from tests.helpers import wait_for
 from tests.stager.helpers import d, daily_rows, deadletters, staged_keys, staged_paths, staged_rows
 
 
@@ -272,14 +274,14 @@ def test_disk_full_while_sealing_pauses_and_loses_nothing(make_config, producer)
 
     stager = Stager(config, fsync=fsync)
     stager.prepare()
-    with pytest.raises(Exception) as err:
+    with pytest.raises(ResourceError) as err:
         stager.stage_next()
     assert "ENOSPC" in str(err.value)
     folder = config.staging_dir / "stock_daily"
     assert list(folder.iterdir()) == []  # no sealed file, no temporary file
     assert stager.huey.storage.lease_count() == 1  # not acknowledged
     assert stager.buffers["stock_daily"].rows == 10  # rows kept for the retry
-    with pytest.raises(Exception):
+    with pytest.raises(ResourceError):
         stager.seal_due(now=0)
     assert "ENOSPC" in stager.get_status()["sealing_error"]
     assert stager.seal_due(now=0) == 1
@@ -386,8 +388,6 @@ def test_tasks_cleaned_together_keep_their_own_task_ids_params_and_anchors(make_
 def test_a_locked_huey_file_is_waited_out_and_nothing_is_lost(make_config, producer):
     """Error class 'database connection': another process holds huey.db exclusively."""
     import sqlite3
-
-    from tests.conftest import wait_for
 
     _, config = make_config(stager={"batch_size": 10, "worker_threads": 2, "queue_check_interval": 0.05})
     enqueue = producer(config)
