@@ -211,8 +211,8 @@ def test_every_document_the_repository_names_exists_in_it():
 
 
 def test_named_documents_finds_paths_and_links():
-    text = "see [design](docs/design.md), `DESIGN.md`, shared/notes.md and docs/intake and https://x.org/a.md"
-    assert named_documents(text) == {"docs/design.md", "DESIGN.md", "shared/notes.md", "docs/intake"}
+    text = "see [design](docs/design.md), `NOTES.md`, shared/notes.md and docs/intake and https://x.org/a.md"
+    assert named_documents(text) == {"docs/design.md", "NOTES.md", "shared/notes.md", "docs/intake"}
 
 
 def test_every_repository_file_the_documentation_names_exists():
