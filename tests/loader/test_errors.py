@@ -66,7 +66,7 @@ def test_bad_files_are_quarantined_and_the_rest_loads(config, stage):
 
 def test_a_quarantine_reason_is_the_refusal_not_words_in_its_message(tmp_path, stage):
     """A new column named like another refusal is counted as what it is: a new column."""
-    config = make_config(tmp_path, new_columns="quarantine")
+    config = loader_config(tmp_path, new_columns="quarantine")
     rows = pa.Table.from_pylist([daily("000001.SZ", 2, 10.0)], schema=config.datasets["stock_daily"].arrow_schema)
     odd = stage("stock_daily", table=rows.append_column("unreadable Parquet", pa.array(["x"])))
 
