@@ -14,7 +14,7 @@ first use from the configuration (``$DUCKSTAGE_CONFIG`` or
 warning), so the producer and the stager agree on the queue: relative paths
 are relative to the configuration file, not to where the producer runs. A
 configuration that is refused raises ``duckstage.exceptions.ConfigError`` at that
-first use; the queue's location is logged at DEBUG (``duckstage.producer``). A
+first use; the queue's location is logged at DEBUG (logger ``stager.tasks``). A
 task type the datasets file does not declare is refused at once with
 ``stager.UnknownTaskType`` (a ValueError) listing the declared ones; nothing is
 enqueued. A producer that runs its own Huey
