@@ -4,6 +4,9 @@ import pytest
 
 from tests.helpers import Process
 
+# Real PostgreSQL and Redis servers, started only by the tests that ask for them.
+pytest_plugins = ["tests.servers"]
+
 
 @pytest.fixture
 def spawn():
