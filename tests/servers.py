@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 # Generous: initdb and start-up on a loaded 2-core machine. Only a broken server waits this long.
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -53,13 +55,6 @@ def package_dir(name):
     if spec is None or not spec.submodule_search_locations:
         pytest.fail(f"package {name!r} is not installed: install the test extras (pip install -e '.[test]')")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def log_tail(path, lines=40):
