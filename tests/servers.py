@@ -114,6 +114,11 @@ class PostgresServer:
             # temporary directory instead, removed at teardown.
             self._cluster_home = Path(tempfile.mkdtemp(prefix="pytest-postgres-"))
             os.chown(self._cluster_home, self._owner.pw_uid, self._owner.pw_gid)
+            # The same holds for the virtualenv (a clone under /root, say): run a copy of the
+            # binaries that that user can reach.
+            installed = self.bin_dir.parent
+            shutil.copytree(installed, self._cluster_home / installed.name, symlinks=True)
+            self.bin_dir = self._cluster_home / installed.name / "bin"
         else:
             self._cluster_home = Path(work_dir)
         self.data_dir = self._cluster_home / "data"
