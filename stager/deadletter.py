@@ -15,6 +15,7 @@ import errno
 import json
 import math
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import NamedTuple
@@ -114,10 +115,18 @@ class DeadLetter:
             os.close(fd)
 
 
+def is_regular(path):
+    """True for a regular file itself (no link, FIFO or device); False when it is gone."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def read_records(folder):
     """Every dead-letter record under ``folder`` not yet requeued (for status, tests and replay)."""
     for path in sorted(Path(folder).rglob("*.jsonl")):
-        if "replayed" in path.relative_to(folder).parts:
+        if "replayed" in path.relative_to(folder).parts or not is_regular(path):
             continue
         with open(path, encoding="utf-8") as f:
             for line in f:
@@ -151,6 +160,8 @@ def requeue(path, enqueue, done_folder=None, check_task_type=None):
     if path.suffix != ".jsonl" or "replayed" in path.parts:
         raise NotADeadLetter(f"{path}: not a dead-letter file (<task_type>-<yyyymmdd>-<instance>.jsonl, "
                              "not yet in replayed/)")
+    if not is_regular(path):  # checked before any open: a FIFO would block it
+        raise NotADeadLetter(f"{path}: not a regular file (a dead letter is one the stager wrote)")
     groups = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):

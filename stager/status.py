@@ -5,6 +5,7 @@ import time
 from duckstage import staging
 from duckstage.command import checked_at, config_report, config_report_lines, process_config_lines
 from duckstage.ops import pid_alive, read_snapshot
+from .deadletter import is_regular
 from .queue import build_storage_huey
 
 
@@ -26,6 +27,8 @@ def collect(config, refused=None):
         dl_folder = config.deadletter_dir / dataset.name
         dl_rows = 0
         for path in dl_folder.glob("*.jsonl") if dl_folder.exists() else []:
+            if not is_regular(path):  # a FIFO would block the open: nothing the stager wrote
+                continue
             with open(path, "rb") as f:
                 dl_rows += sum(1 for line in f if line.strip())
         disk[dataset.name] = {"staged_files": len(files),

@@ -342,3 +342,24 @@ def test_reading_the_configuration_imports_no_processor(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(tmp_path / "plugins")})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# -- a FIFO where a dead-letter file should be never hangs the stager's commands ---------
+
+
+def test_a_fifo_in_the_dead_letter_neither_hangs_status_nor_is_requeued(tmp_path):
+    path = write_config(tmp_path)
+    folder = tmp_path / "data" / "deadletter" / "stock_daily"
+    folder.mkdir(parents=True)
+    record = {"task_type": "stock_daily", "task_id": "t1", "reason": "bad", "row": {"ts_code": "x"}, "params": {}}
+    (folder / "stock_daily-20240102-aaaaaaaa.jsonl").write_text(json.dumps(record) + "\n")
+    fifo = folder / "stock_daily-20240102-bbbbbbbb.jsonl"
+    os.mkfifo(fifo)
+
+    out = cli("stager", "status", "--json", "--config", str(path), timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["disk"]["stock_daily"]["deadletter_rows"] == 1
+
+    message = one_line_error(cli("stager", "requeue", str(fifo), "--config", str(path), timeout=30))
+    assert "not a regular file" in message
+    assert fifo.exists() and not (folder / "replayed").exists()
