@@ -89,7 +89,11 @@ def collect(config, snapshot_name="loader.json", refused=None):
         "config": snap.get("config") if running else None,
         "metrics_address": snap.get("metrics_address") if running else None,
         "manifest": manifest or {},
-        "quarantined": {t: [r.get("file") for r in reports] for t, reports in quarantined.items()},
+        # names as the files lie in quarantine/ (a shortened one when the original was too long)
+        "quarantined": {t: [r.get("quarantined_as") or r.get("file") for r in reports]
+                        for t, reports in quarantined.items()},
+        "quarantine_reasons": {t: {r.get("quarantined_as") or r.get("file"): r.get("reason") for r in reports}
+                               for t, reports in quarantined.items()},
     }
 
 
@@ -139,6 +143,8 @@ def render(st):
     if ns["files"] > len(ns["names"]):
         lines.append(f"... and {ns['files'] - len(ns['names']):,} more not staged file(s)")
     for t, names in st["quarantined"].items():
+        reasons = st.get("quarantine_reasons", {}).get(t, {})
         for name in names:
-            lines.append(f"quarantined: {t}/{name} (see {name}.error.json)")
+            why = f"{reasons[name]}; " if reasons.get(name) else ""
+            lines.append(f"quarantined: {t}/{name} ({why}see {name}.error.json)")
     return "\n".join(lines)

@@ -182,6 +182,11 @@ def test_a_name_too_long_for_its_report_is_quarantined_under_a_short_one(config,
     assert "unreadable Parquet" in report["error"] and kept in report["what_to_do"]
     assert status["task_types"]["stock_basic"]["quarantined_by_reason"] == {"unreadable": 1}
 
+    # loader status names the file as it lies in quarantine, its report, and why.
+    from loader.status import collect, render
+    lines = [line for line in render(collect(config)).splitlines() if line.startswith("quarantined:")]
+    assert lines == [f"quarantined: stock_basic/{kept} (unreadable; see {kept}.error.json)"]
+
 
 def test_a_quarantine_that_takes_no_file_is_named_and_waited_out(tmp_path, config, stage, caplog):
     damaged = stage("stock_basic", [_basic("000001.SZ")])
