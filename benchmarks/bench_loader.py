@@ -100,8 +100,8 @@ def measure(label, base_db, work, file_rows, merge_rows, table_rows, max_rows):
     config = from_mapping({"data_dir": str(work / label), "loader": {"max_rows_per_transaction": max_rows,
                                                                    "idle_release": 60}},
                           "<bench>", ROOT / "config", work)
-    config.loader.database.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(base_db, config.loader.database)
+    config.loader.database.path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(base_db, config.loader.database.path)
     files = stage_files(config, merge_rows, file_rows, table_rows, "bench")
     loader = Loader(config)
     with PeakRSS() as rss:

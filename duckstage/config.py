@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from . import database
 from .datasets import Datasets, load_datasets
 from .exceptions import ConfigError, ConfigProblem
 
@@ -37,9 +38,11 @@ class Key:
     """One configuration key: its default, what it accepts, whether it is live, and what it means.
 
     ``path`` keys name a file under ``data_dir`` and become a ``Path`` resolved against it.
+    ``build(section_values, data_dir)`` makes the value of a key that is more than a path
+    (``loader.database``).
     """
 
-    def __init__(self, default, kind, expected, check=None, live=False, meaning="", path=False):
+    def __init__(self, default, kind, expected, check=None, live=False, meaning="", path=False, build=None):
         self.default = default
         self.kind = kind  # a type or tuple of types
         self.expected = expected
@@ -47,6 +50,7 @@ class Key:
         self.live = live
         self.meaning = meaning
         self.path = path
+        self.build = build
 
     def problem(self, value, source, key):
         """None when ``value`` is acceptable, else what is wrong with it."""
@@ -62,6 +66,8 @@ class Key:
         """The Python type of the validated value, for the value classes."""
         if self.path:
             return Path
+        if self.build:
+            return object
         return float if self.kind == _num else self.kind
 
 
@@ -129,7 +135,13 @@ SPEC = {
         **_metrics_keys("`/metrics`, `/healthz`, `/readyz` over HTTP; 0 is off", "address the endpoints listen on"),
     },
     "loader": {
-        "database": Key("warehouse.duckdb", str, "a file path", _nonempty, meaning="the DuckDB file", path=True),
+        "database": Key("warehouse.duckdb", str, database.EXPECTED, database.is_valid,
+                        meaning="the DuckDB file, or a DuckLake: `ducklake:sqlite:PATH`, `ducklake:postgres:CONNINFO`"
+                                " (docs/scaling.md)",
+                        build=lambda values, data_dir: database.parse(values["database"], data_dir,
+                                                                      values["data_path"])),
+        "data_path": Key("lake", str, "a directory path", _nonempty, path=True,
+                         meaning="a DuckLake's data files (Parquet); shared by every host that loads into it"),
         "max_retries": Key(3, int, "an integer >= 0", lambda v: v >= 0, True,
                            "quick retries of a busy or locked database"),
         "retry_delay": _seconds(5, "seconds before the first retry, doubled each time"),
@@ -141,6 +153,10 @@ SPEC = {
                            True, "a column the table lacks: `add`, `quarantine` the file, or `ignore` it"),
         "archive_retention_days": Key(0, _num, "a number of days >= 0 (0 keeps archives forever)", lambda v: v >= 0,
                                       True, "days archived files are kept; 0 keeps them"),
+        "maintenance_interval": Key(600, _num, "a number of seconds >= 0 (0 turns it off)", lambda v: v >= 0, True,
+                                    "DuckLake only: seconds between compaction and snapshot expiry; 0 is off"),
+        "snapshot_retention_days": Key(7, _num, "a number of days >= 0", lambda v: v >= 0, True,
+                                       "DuckLake only: days of snapshots kept for time travel"),
         "idle_release": Key(2.0, _num, "a number of seconds >= 0", lambda v: v >= 0, True,
                             "seconds idle before the loader closes the database for others"),
         "shutdown_timeout": _seconds(60, "seconds for a clean stop (the current transaction)", live=False),
@@ -329,6 +345,8 @@ def _section_values(cls, values, rules, data_dir):
     for f in fields(cls):
         if is_dataclass(f.type):
             kwargs[f.name] = _section_values(f.type, values, rules, data_dir)
+        elif rules[f.name].build:
+            kwargs[f.name] = rules[f.name].build(values, data_dir)
         elif rules[f.name].path:
             kwargs[f.name] = data_dir / values[f.name]  # an absolute path stays itself
         else:
@@ -436,7 +454,7 @@ def _value_of(config, dotted):
 
 
 def _plain(value):
-    if isinstance(value, Path):
+    if isinstance(value, (Path, database.Database)):
         return str(value)
     if isinstance(value, Datasets):
         return value.source

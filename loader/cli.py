@@ -1,4 +1,4 @@
-"""``loader``: a thin CLI over the library (``loader run | reload | rebuild | status``).
+"""``loader``: a thin CLI over the library (``loader run | reload | rebuild | status | shell``).
 
 Each command parses, calls one library function, and turns known errors into
 one line on stderr (duckstage.command: exit 2 for a person's mistake, 1 for work
@@ -6,7 +6,11 @@ that did not finish). SIGTERM and SIGINT only set the stop event.
 """
 
 import json
+import os
+import shutil
+import sys
 import threading
+from pathlib import Path
 
 import click
 
@@ -181,3 +185,29 @@ def status(as_json):
     config, refused = load("loader", lenient=True)
     st = collect(config, refused=refused)
     click.echo(json.dumps(st, indent=2, default=str) if as_json else render(st))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def shell(args):
+    """Open the duckdb CLI on the warehouse, read-only; ARGS go to duckdb.
+
+    On a DuckLake it attaches the catalog as `lake`, with the extensions from the
+    installed packages (nothing is downloaded), while loaders keep writing. A
+    DuckDB file opens only while no loader holds it (loader.idle_release).
+
+    Example: loader shell -c "SELECT count(*) FROM stock_daily"
+    """
+    from .lake import shell_command
+
+    config = load("loader")
+    database = config.loader.database
+    if not database.is_lake and not database.path.exists():
+        raise UserError(f"loader.database: {database} does not exist yet; run the loader first")
+    cli = Path(sys.executable).with_name("duckdb")
+    cli = cli if cli.exists() else shutil.which("duckdb")
+    if not cli:
+        raise UserError("no duckdb command next to this Python or on PATH; pip install duckdb-cli")
+    argv = shell_command(database, cli) + list(args)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)

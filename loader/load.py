@@ -138,7 +138,7 @@ def load_files(wh, dataset, paths, config, *, mode=LOAD, settle=None, stop=None,
             out.stopped = True
             break
         if transaction:
-            out.add(_load_batch(wh, dataset, batch, planned, mode, settle, refuse, progress))
+            out.add(_load_batch(wh, dataset, batch, planned, mode, settle, refuse, progress, stop))
         else:
             out.add(_merge(wh, dataset, batch, planned, mode, progress, raise_refused=True))
     return out
@@ -175,29 +175,31 @@ def batches(files, max_rows):
         yield batch
 
 
-def _load_batch(wh, dataset, batch, planned, mode, settle, refuse, progress):
-    wh.begin()
+def _load_batch(wh, dataset, batch, planned, mode, settle, refuse, progress, stop=None):
     try:
-        out = _merge(wh, dataset, batch, planned, mode, progress=None, raise_refused=True)
-        try:
-            wh.commit()
-        except duckdb.Error as exc:
-            # The data was accepted; writing it failed (disk full, I/O error):
-            # retry later with backoff, the files stay in staging/.
-            raise DatabaseBusy(wh.path, "commit to", exc) from exc
+        with wh.writing(dataset.name, stop):
+            wh.begin()
+            try:
+                out = _merge(wh, dataset, batch, planned, mode, progress=None, raise_refused=True)
+                try:
+                    wh.commit()
+                except duckdb.Error as exc:
+                    # The data was accepted; writing it failed (disk full, I/O error, a
+                    # concurrent writer on a DuckLake): retry later with backoff, the files
+                    # stay in staging/.
+                    raise DatabaseBusy(wh.database, "commit to", exc) from exc
+            except BaseException:
+                wh.rollback()
+                raise
     except FileRefused as refused:
-        wh.rollback()
         if len(batch) > 1:
             # Find the file the table refuses: each alone, in seal order.
             out = Outcome()
             for f in batch:
-                out.add(_load_batch(wh, dataset, [f], planned, mode, settle, refuse, progress))
+                out.add(_load_batch(wh, dataset, [f], planned, mode, settle, refuse, progress, stop))
             return out
         refuse(batch[0].path, refused)
         return Outcome(quarantined=[])  # refuse() already counted it
-    except BaseException:
-        wh.rollback()
-        raise
     settled = set(out.loaded) | set(out.duplicates)
     for f in batch:
         if f.name in settled:
@@ -226,7 +228,7 @@ def _merge(wh, dataset, batch, planned, mode, progress, raise_refused):
         wh.record(dataset.name, batch, merged, forced=(mode == FORCE))
     except duckdb.Error as exc:
         if is_busy(exc) and not any(str(f.path) in str(exc) for f in batch):
-            raise DatabaseBusy(wh.path, "merge into", exc) from exc
+            raise DatabaseBusy(wh.database, "merge into", exc) from exc
         names = ", ".join(f.name for f in batch)
         raise FileRefused(f"table {dataset.name} refused {names}: {exc}".replace("\n", " "),
                           "read the error; fix the table or the file, then `loader reload` it",
@@ -264,7 +266,7 @@ def _guard(wh, doing, fn, *args):
     try:
         return fn(*args)
     except duckdb.Error as exc:
-        raise DatabaseBusy(wh.path, doing, exc) from exc
+        raise DatabaseBusy(wh.database, doing, exc) from exc
 
 
 # -- the CLI's operations ---------------------------------------------------------
@@ -451,21 +453,22 @@ def rebuild(wh, config, task_types, progress=None, stop=None):
                 f" their rows from {MANIFEST} to accept losing their rows) and run it again")
         wanted = set(listed)
         paths = [p for n, p in found.items() if n in wanted or StagedFile.parse(n)]
-        wh.begin()
-        try:
-            wh.drop_task_type(task_type)
-            result = load_files(wh, dataset, paths, config, mode=LOAD, transaction=False,
-                                stop=stop, progress=progress)
-            if result.stopped:
-                raise LoaderError(f"rebuild of {task_type} stopped; the old table is kept")
-            wh.commit()
-        except FileRefused as refused:
-            wh.rollback()
-            raise LoaderError(f"rebuild of {task_type} rolled back, the old table is kept: {refused.error}"
-                              f" ({refused.action})") from None
-        except BaseException:
-            wh.rollback()
-            raise
+        with wh.writing(task_type, stop):
+            wh.begin()
+            try:
+                wh.drop_task_type(task_type)
+                result = load_files(wh, dataset, paths, config, mode=LOAD, transaction=False,
+                                    stop=stop, progress=progress)
+                if result.stopped:
+                    raise LoaderError(f"rebuild of {task_type} stopped; the old table is kept")
+                wh.commit()
+            except FileRefused as refused:
+                wh.rollback()
+                raise LoaderError(f"rebuild of {task_type} rolled back, the old table is kept: {refused.error}"
+                                  f" ({refused.action})") from None
+            except BaseException:
+                wh.rollback()
+                raise
         if expired:
             log.warning("rebuild of %s: %d file(s) the manifest listed were removed by archive retention"
                         " and are not in the rebuilt table", task_type, len(expired))

@@ -59,6 +59,7 @@ from . import filing
 from .discovery import Watcher, not_staged, scan, unknown_folders
 from .exceptions import DatabaseBusy, FilingFailed
 from .load import Outcome, load_files
+from .upkeep import Upkeep
 from .warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class Loader:
         self.rate = None
         self.state = "stopped"
         self.manifest = {}
+        self.snapshot = None  # the DuckLake snapshot after the last step
+        self.upkeep = Upkeep(clock)
         self.by_type = {name: Counter() for name in config.datasets.names}  # since start
         self.quarantine_reasons = {}  # task type -> Counter(reason class), since start
         self.last_loaded_at = {}  # task type -> unix time of the last commit
@@ -156,9 +159,10 @@ class Loader:
         self._pending = {t: len(p) for t, p in pending.items()}
         self._sweep()
         if not pending:
+            self._upkeep()
             if self.warehouse.is_open and now - (self._last_active or now) >= self.config.loader.idle_release:
                 self.warehouse.close()
-                log.info("idle: released %s", self.warehouse.path)
+                log.info("idle: released %s", self.warehouse.database)
             self._recovered()  # what was waited for has left staging/ some other way
             self.state = "idle"
             return 0
@@ -192,6 +196,8 @@ class Loader:
             self.rate = round(done.rows / done.seconds)
         if self.warehouse.is_open:  # not when a stop came before the first task type
             self.manifest = self.warehouse.manifest_totals()
+            self.snapshot = self.warehouse.snapshot()
+        self._upkeep()
         self._pending = {t: n for t, n in ((t, len(scan(self.config.staging_dir, [t])[t])) for t in pending) if n}
         self._last_active = self.clock()
         if unfiled:
@@ -201,6 +207,12 @@ class Loader:
             self.warehouse.close()
         self.state = "idle"
         return done.files
+
+    def _upkeep(self):
+        """DuckLake compaction and expiry, when due and no stop is asked for (loader.upkeep)."""
+        if not self.stopped_event.is_set() and self.upkeep.due(self.config.loader, self.warehouse.database):
+            self.upkeep.run(self.warehouse, self.config.datasets.names, self.config.loader)
+            self.snapshot = self.warehouse.snapshot() if self.warehouse.is_open else self.snapshot
 
     def _settle(self, path, fetched, halt):
         """After the commit that loaded ``path``: note its rows' fetch times, then archive it."""
@@ -335,8 +347,11 @@ class Loader:
             "state": self.state,
             "loading": dict(self._loading) if self._loading else None,
             "step": self._step_status(),
-            "database": str(self.warehouse.path),
+            "database": str(self.warehouse.database),
             "database_open": self.warehouse.is_open,
+            "database_kind": self.warehouse.database.kind,
+            "snapshot": self.snapshot,
+            "maintenance": self.upkeep.status() if self.warehouse.database.is_lake else None,
             "pending_files": dict(self._pending),
             "unknown_task_types": unknown_folders(self.config.staging_dir, self.config.datasets.names),
             "not_staged": not_staged(self.config.staging_dir, self.config.datasets.names),
@@ -362,6 +377,7 @@ class Loader:
                        "live": {k: getattr(lc, k) for k in ("max_retries", "retry_delay", "retry_max_delay",
                                                              "rescan_interval", "max_rows_per_transaction",
                                                              "new_columns", "archive_retention_days",
+                                                             "maintenance_interval", "snapshot_retention_days",
                                                              "idle_release")}},
             "metrics_address": self.ops.address if self.ops else None,
         }
@@ -474,7 +490,7 @@ class Loader:
         return self
 
     def _loop(self):
-        log.info("loader started: %s -> %s", self.config.staging_dir, self.warehouse.path)
+        log.info("loader started: %s -> %s", self.config.staging_dir, self.warehouse.database)
         while not self.stopped_event.is_set():
             self.check_config()
             self.run_once()

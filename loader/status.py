@@ -1,14 +1,14 @@
 """``loader status``: the running loader's snapshot combined with what is on disk.
 
-The running loader holds the database, and DuckDB lets no other process open
+A running loader holds a DuckDB file, and DuckDB lets no other process open
 it, not even read-only; so the loader writes ``run/loader.json`` atomically
 after every step, and ``status`` reads that, the staging and quarantine
-folders, and the manifest itself when the database is free.
+folders, and the manifest itself when the database is free. A DuckLake is
+read directly at any time, with its current snapshot.
 """
 
 import datetime as dt
 import os
-from pathlib import Path
 
 import duckdb
 
@@ -17,21 +17,28 @@ from duckstage.command import checked_at, config_report, config_report_lines, pr
 from duckstage.ops import pid_alive, read_snapshot
 from duckstage.staging import utcnow
 
-from . import filing
+from duckstage.database import SQLITE
+
+from . import filing, lake
 from .discovery import not_staged, scan, staged_rows, unknown_folders
 from .warehouse import manifest_totals
 
 
 def _manifest(database):
-    """Manifest totals read directly, or None with the reason when the database is busy."""
-    if not Path(database).exists():
-        return {}, None
+    """``(totals, busy, snapshot)``: manifest totals read directly, or None with the reason the
+    database could not be read; the DuckLake snapshot read (None for a DuckDB file)."""
+    if not database.is_lake and not database.path.exists():
+        return {}, None, None
     try:
-        con = duckdb.connect(str(database), read_only=True)
+        con = lake.connect(database, read_only=True)
     except duckdb.Error as exc:
-        return None, str(exc).splitlines()[0]
+        if database.kind == SQLITE and not database.path.exists():
+            return {}, None, None
+        return None, str(exc).splitlines()[0], None
     try:
-        return manifest_totals(con), None
+        return manifest_totals(con), None, lake.current_snapshot(con) if database.is_lake else None
+    except duckdb.Error as exc:
+        return None, str(exc).splitlines()[0], None
     finally:
         con.close()
 
@@ -56,7 +63,9 @@ def collect(config, snapshot_name="loader.json", refused=None):
         if paths:
             pending[task_type] = {"files": len(paths), "rows": sum(staged_rows(p) for p in paths)}
     temporary = sum(1 for _r, _d, files in os.walk(config.staging_dir) for n in files if staging.is_temporary(n))
-    manifest, busy = (None, "held by the running loader") if running and snap.get("database_open") \
+    # A DuckLake is read while the loader writes; a DuckDB file only when the loader has released it.
+    manifest, busy, snapshot = (None, "held by the running loader", None) \
+        if running and snap.get("database_open") and not config.loader.database.is_lake \
         else _manifest(config.loader.database)
     if manifest is None and snap:
         manifest = snap.get("manifest") or {}
@@ -72,6 +81,8 @@ def collect(config, snapshot_name="loader.json", refused=None):
         },
         "database": str(config.loader.database),
         "database_busy": busy,
+        "snapshot": snapshot if snapshot is not None else (snap.get("snapshot") if snap else None),
+        "maintenance": snap.get("maintenance") if snap else None,
         "pending": pending,
         "temporary_files": temporary,
         "unknown_task_types": unknown_folders(config.staging_dir, config.datasets.names),
@@ -119,6 +130,12 @@ def render(st):
         lines.append(f"database {st['database']}: {st['database_busy']} (figures from its snapshot)")
     else:
         lines.append(f"database {st['database']}")
+    if st.get("snapshot") is not None:
+        lines.append(f"snapshot {st['snapshot']} (time travel: FROM <table> AT (VERSION => {st['snapshot']}))")
+    upkeep = (st.get("maintenance") or {}).get("last")
+    if upkeep:
+        done = f"failed: {upkeep['error']}" if upkeep["error"] else f"took {upkeep['seconds']:g}s"
+        lines.append(f"maintenance at {upkeep['at']}: {done}")
     if st["last_load"]:
         ll = st["last_load"]
         lines.append(f"last load: {ll['task_type']} {ll['files']:,} file(s), {ll['rows']:,} rows at {ll['at']}")

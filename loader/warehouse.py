@@ -20,6 +20,7 @@ loaded. Facts this module is written around (DuckDB 2.0.1, measured):
   prefix no data column may have, and files using a reserved name are refused.
 """
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -28,12 +29,14 @@ import duckdb
 from duckstage.datasets import LOADER_PREFIX
 from duckstage.staging import utcnow
 
+from . import lake
 from .exceptions import COLUMN_TYPE, NEW_COLUMN, DatabaseBusy, FileRefused
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "_duckstage_manifest"
-STORAGE_COMPATIBILITY = "v1.5.0"
+STORAGE_COMPATIBILITY = lake.STORAGE_COMPATIBILITY
+LOCK_WAIT = 30.0  # seconds a loader waits for a task type's writer lock before it backs off
 
 # The MERGE's own names. No data column may start with the prefix
 # (duckstage.datasets.reserved_by_loader).
@@ -88,12 +91,17 @@ class Merged:
 
 
 class Warehouse:
-    """One DuckDB database file, opened on demand and released when idle."""
+    """The warehouse (a DuckDB file or a DuckLake), opened on demand and released when idle.
 
-    def __init__(self, path, connect=duckdb.connect):
-        self.path = path
+    On a DuckLake, ``writing(task_type)`` must wrap each transaction that
+    writes a task type's table or manifest rows (``loader.lake.WriterLock``).
+    """
+
+    def __init__(self, database, connect=duckdb.connect):
+        self.database = database
         self._connect = connect
         self.con = None
+        self.lock = lake.WriterLock(database)
 
     @property
     def is_open(self):
@@ -102,30 +110,44 @@ class Warehouse:
     def open(self):
         if self.con is not None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.con = self._connect(
-                str(self.path), config={"storage_compatibility_version": STORAGE_COMPATIBILITY})
+            self.con = lake.connect(self.database, connect=self._connect)
+            key = "" if self.database.is_lake else " PRIMARY KEY"  # DuckLake has none: see writing()
             self.con.execute(
                 f"CREATE TABLE IF NOT EXISTS {MANIFEST} ("
-                " file VARCHAR PRIMARY KEY, task_type VARCHAR NOT NULL, size BIGINT NOT NULL,"
+                f" file VARCHAR{key} NOT NULL, task_type VARCHAR NOT NULL, size BIGINT NOT NULL,"
                 " checksum VARCHAR NOT NULL, rows BIGINT NOT NULL, inserted BIGINT NOT NULL,"
                 " updated BIGINT NOT NULL, loaded_at TIMESTAMP NOT NULL,"
                 " forced BOOLEAN NOT NULL DEFAULT false, loads INTEGER NOT NULL DEFAULT 1)")
         except duckdb.Error as exc:
             self.close()
-            raise DatabaseBusy(self.path, "open", exc) from exc
+            raise DatabaseBusy(self.database, "open", exc) from exc
         return self
 
     def close(self):
+        self.lock.close()
         if self.con is not None:
             try:
                 self.con.close()
             except duckdb.Error as exc:
-                log.warning("closing %s: %s", self.path, exc)
+                log.warning("closing %s: %s", self.database, exc)
             self.con = None
 
     # -- transactions -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self, task_type, stop=None, timeout=LOCK_WAIT):
+        """Hold the task type's writer lock (DuckLake) around a transaction; DatabaseBusy if another
+        loader holds it for ``timeout`` seconds. Take it before ``begin``: the transaction then
+        sees everything the previous holder committed."""
+        try:
+            release = self.lock.acquire(task_type, timeout, stop)
+        except (lake.LockTimeout, duckdb.Error) as exc:
+            raise DatabaseBusy(self.database, f"take the writer lock of {task_type} in", exc) from None
+        try:
+            yield
+        finally:
+            release()
 
     def begin(self):
         self.con.execute("BEGIN TRANSACTION")
@@ -139,20 +161,24 @@ class Warehouse:
         except duckdb.Error as exc:  # no transaction left to roll back
             log.debug("rollback: %s", exc)
 
+    def snapshot(self):
+        """The current DuckLake snapshot id; None for a DuckDB file."""
+        return lake.current_snapshot(self.con) if self.database.is_lake else None
+
     # -- tables ---------------------------------------------------------------
 
     def table_columns(self, table):
         """Column name -> type of an existing table, in table order; None if it is missing."""
         rows = self.con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns"
-            " WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
-            [table]).fetchall()
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_catalog = current_database()"
+            " AND table_schema = 'main' AND table_name = ? ORDER BY ordinal_position", [table]).fetchall()
         return {name: type_ for name, type_ in rows} or None
 
     def create_table(self, dataset):
         cols = [f"{q(c.name)} {c.type}" + ("" if c.nullable else " NOT NULL") for c in dataset.all_columns]
-        pk = ", ".join(q(c) for c in dataset.primary_key)
-        self.con.execute(f"CREATE TABLE IF NOT EXISTS {q(dataset.name)} ({', '.join(cols)}, PRIMARY KEY ({pk}))")
+        if not self.database.is_lake:  # a DuckLake has no keys: the writer lock and the MERGE keep them unique
+            cols.append(f"PRIMARY KEY ({', '.join(q(c) for c in dataset.primary_key)})")
+        self.con.execute(f"CREATE TABLE IF NOT EXISTS {q(dataset.name)} ({', '.join(cols)})")
 
     def add_column(self, table, name, type_):
         self.con.execute(f"ALTER TABLE {q(table)} ADD COLUMN {q(name)} {type_}")
@@ -190,15 +216,26 @@ class Warehouse:
             f"SELECT file FROM {MANIFEST} WHERE task_type = ? ORDER BY file", [task_type]).fetchall()]
 
     def record(self, task_type, files, merged, forced, now=None):
+        """One manifest row per file, in one statement; a file loaded again counts ``loads`` up.
+
+        A MERGE rather than ON CONFLICT, which needs a key a DuckLake has not.
+        """
         loaded_at = (now or utcnow()).replace(tzinfo=None)
-        rows = [(f.name, task_type, f.size, f.checksum, f.rows, merged.inserted.get(f.name, 0),
-                 merged.updated.get(f.name, 0), loaded_at, forced) for f in files]
-        self.con.executemany(
-            f"INSERT INTO {MANIFEST} (file, task_type, size, checksum, rows, inserted, updated, loaded_at, forced)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (file) DO UPDATE SET"
-            " size = excluded.size, checksum = excluded.checksum, rows = excluded.rows,"
-            " inserted = excluded.inserted, updated = excluded.updated, loaded_at = excluded.loaded_at,"
-            " forced = excluded.forced, loads = loads + 1", rows)
+        self.con.execute(
+            f"MERGE INTO {MANIFEST} AS m USING (SELECT unnest($file) AS file, unnest($size) AS size,"
+            " unnest($checksum) AS checksum, unnest($rows) AS rows, unnest($inserted) AS inserted,"
+            " unnest($updated) AS updated) AS n ON (m.file = n.file)"
+            " WHEN MATCHED THEN UPDATE SET size = n.size, checksum = n.checksum, rows = n.rows,"
+            " inserted = n.inserted, updated = n.updated, loaded_at = $loaded_at, forced = $forced,"
+            " loads = m.loads + 1"
+            " WHEN NOT MATCHED THEN INSERT (file, task_type, size, checksum, rows, inserted, updated, loaded_at,"
+            " forced, loads) VALUES (n.file, $task_type, n.size, n.checksum, n.rows, n.inserted, n.updated,"
+            " $loaded_at, $forced, 1)",
+            {"file": [f.name for f in files], "size": [f.size for f in files],
+             "checksum": [f.checksum for f in files], "rows": [f.rows for f in files],
+             "inserted": [merged.inserted.get(f.name, 0) for f in files],
+             "updated": [merged.updated.get(f.name, 0) for f in files],
+             "loaded_at": loaded_at, "forced": forced, "task_type": task_type})
 
     def manifest_totals(self):
         return manifest_totals(self.con)
@@ -273,8 +310,8 @@ def manifest_totals(con):
     Takes a connection, so that ``loader status`` can ask a read-only one
     while no loader holds the database; {} before the manifest exists.
     """
-    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                       [MANIFEST]).fetchall()[0][0]:
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = current_database()"
+                       " AND table_name = ?", [MANIFEST]).fetchall()[0][0]:
         return {}
     rows = con.execute(
         f"SELECT task_type, count(*), sum(rows), sum(inserted), sum(updated), max(loaded_at)"

@@ -229,7 +229,7 @@ def _committed(config, instance):
     """{task type: (files, rows)} of the manifest rows of files sealed by stager ``instance``."""
     import duckdb
 
-    if not config.loader.database.exists():
+    if not config.loader.database.path.exists():
         return {}
     con = duckdb.connect(str(config.loader.database), read_only=True)
     try:
@@ -305,7 +305,7 @@ def _table_rows(config):
     """{table: (rows, manifest files)} read from the warehouse, or {} if there is none yet."""
     import duckdb
 
-    if not config.loader.database.exists():
+    if not config.loader.database.path.exists():
         return {}
     con = duckdb.connect(str(config.loader.database), read_only=True)
     try:

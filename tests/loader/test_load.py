@@ -36,7 +36,7 @@ def test_temporary_files_are_never_loaded(config, stage):
     path.rename(path.with_name("." + path.name + ".tmp"))
     loader = Loader(config)
     assert loader.run_once() == 0
-    assert not config.loader.database.exists() or query(
+    assert not config.loader.database.path.exists() or query(
         config, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'stock_daily'") == [(0,)]
     loader.stop()
 

@@ -19,7 +19,7 @@ def test_defaults_follow_the_original_design(tmp_path):
     assert config.huey.backend == "sqlite" and config.huey.name == "duckstage"
     assert config.data_dir == tmp_path / "data"
     assert config.huey.path == tmp_path / "data" / "huey.db"
-    assert config.loader.database == tmp_path / "data" / "warehouse.duckdb"
+    assert config.loader.database.path == tmp_path / "data" / "warehouse.duckdb"
 
 
 def test_shipped_config_file_equals_the_defaults(tmp_path):
@@ -168,7 +168,7 @@ def test_relative_paths_are_relative_to_the_configuration_file(tmp_path):
         config = load_config(folder / "duckstage.yaml", cwd=cwd)
         assert config.data_dir == tmp_path / "var" / "data"
         assert config.huey.path == tmp_path / "var" / "data" / "huey.db"
-        assert config.loader.database == tmp_path / "var" / "data" / "wh" / "warehouse.duckdb"
+        assert config.loader.database.path == tmp_path / "var" / "data" / "wh" / "warehouse.duckdb"
     # The same file named relative to the working directory, or through the environment.
     assert load_config("etc/duckstage/duckstage.yaml", cwd=tmp_path).data_dir == tmp_path / "var" / "data"
     config = load_config(environ={"DUCKSTAGE_CONFIG": str(folder / "duckstage.yaml")}, cwd=tmp_path / "etc")
