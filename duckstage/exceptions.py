@@ -61,3 +61,10 @@ class ResourceError(DuckstageError):
 
 class PortUnavailable(DuckstageError):
     """The metrics port cannot be bound (taken, bad address): refused at start."""
+
+
+def one_line(exc, limit=400):
+    """An error as one line for status and logs: DuckDB puts the cause of a failed DuckLake commit
+    ("Transaction conflict ...", "database is locked") on the lines after the first."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

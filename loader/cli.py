@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from duckstage.exceptions import one_line
 from duckstage.command import CommandLine, Unfinished, UserError, load, on_signals, say
 
 from .exceptions import DatabaseBusy, LoaderError
@@ -82,7 +83,7 @@ def _open(config, stop):
     from .warehouse import Warehouse
 
     def waiting(exc, delay, attempts):
-        say(f"database busy, retry {attempts} in {delay:g}s: {str(exc).splitlines()[0]}")
+        say(f"database busy, retry {attempts} in {delay:g}s: {one_line(exc)}")
 
     return wait_open(Warehouse(config.loader.database), config.loader, stop, waiting)
 

@@ -161,13 +161,16 @@ class WriterLock:
         self.database = database
         self.poll = poll
         self._pg = None  # the PostgreSQL session that holds advisory locks
+        self._on_wait = None
 
-    def acquire(self, task_type, timeout=30.0, stop=None):
+    def acquire(self, task_type, timeout=30.0, stop=None, on_wait=None):
         """Take ``task_type``'s writer lock and return the function that releases it.
 
         Raises LockTimeout after ``timeout`` seconds (or at once when ``stop`` is set),
-        duckdb.IOException when the lock cannot be asked for at all.
+        duckdb.IOException when the lock cannot be asked for at all. ``on_wait()`` is
+        called once when the lock is not free at the first try.
         """
+        self._on_wait = on_wait
         if self.database.kind == DUCKDB:
             return lambda: None
         if self.database.kind == SQLITE:
@@ -176,7 +179,11 @@ class WriterLock:
 
     def _wait(self, try_once, task_type, timeout, stop):
         deadline = time.monotonic() + timeout
+        first = True
         while not try_once():
+            if first and self._on_wait is not None:
+                self._on_wait()
+            first = False
             if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
                 raise LockTimeout(f"the writer lock of {task_type} is held by another loader"
                                   f" (waited {timeout:g}s)")

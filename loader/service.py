@@ -49,6 +49,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from duckstage.exceptions import one_line
 from duckstage.backoff import Backoff
 from duckstage.config import ConfigWatcher
 from duckstage.datasets import FETCHED_AT
@@ -114,6 +115,7 @@ class Loader:
         self.manifest = {}
         self.snapshot = None  # the DuckLake snapshot after the last step
         self.upkeep = Upkeep(clock)
+        self.warehouse.on_lock_wait = self._waiting_for_lock
         self.by_type = {name: Counter() for name in config.datasets.names}  # since start
         self.quarantine_reasons = {}  # task type -> Counter(reason class), since start
         self.last_loaded_at = {}  # task type -> unix time of the last commit
@@ -227,12 +229,21 @@ class Loader:
         except OSError as exc:
             halt.failed.append(exc if isinstance(exc, FilingFailed) else FilingFailed("archive", Path(path), exc))
 
+    def _waiting_for_lock(self, task_type):
+        """Another loader writes this task type now: say so until the lock is ours."""
+        if self._loading is not None:
+            self._loading["waiting"] = f"the writer lock of {task_type}, held by another loader"
+        log.info("waiting for the writer lock of %s, held by another loader", task_type,
+                 extra={"event": "lock_wait", "task_type": task_type})
+        self._write_status()
+
     def _progressed(self, files, rows):
         """A file inspected, merged, archived or quarantined: the step is alive."""
         now = self.clock()
         self._progress_at = now
         if self._loading is not None:
             self._loading["done"] += files
+            self._loading.pop("waiting", None)
         if now - self._written_at >= PROGRESS_WRITE:
             self._write_status()
 
@@ -272,7 +283,7 @@ class Loader:
         if slow:
             delay = self.config.loader.retry_max_delay
         since = self._retry["since"] if self._retry else utcnow().isoformat()
-        self._retry = {"what": what, "error": str(exc).splitlines()[0], "attempts": attempts, "delay": delay,
+        self._retry = {"what": what, "error": one_line(exc), "attempts": attempts, "delay": delay,
                        "slow": slow, "since": since, "next_at": now + delay, "probe": probe}
         self.state = "retrying"
         log.warning("%s (attempt %d%s), retrying in %.1fs: %s", what, attempts,
@@ -453,7 +464,7 @@ class Loader:
             try:
                 self.warehouse.open()
             except DatabaseBusy as exc:
-                problems.append(f"database not openable: {str(exc).splitlines()[0]}")
+                problems.append(f"database not openable: {one_line(exc)}")
             finally:
                 self.warehouse.close()
                 self._lock.release()

@@ -12,6 +12,7 @@ import os
 
 import duckdb
 
+from duckstage.exceptions import one_line
 from duckstage import staging
 from duckstage.command import checked_at, config_report, config_report_lines, process_config_lines
 from duckstage.ops import pid_alive, read_snapshot
@@ -34,11 +35,11 @@ def _manifest(database):
     except duckdb.Error as exc:
         if database.kind == SQLITE and not database.path.exists():
             return {}, None, None
-        return None, str(exc).splitlines()[0], None
+        return None, one_line(exc), None
     try:
         return manifest_totals(con), None, lake.current_snapshot(con) if database.is_lake else None
     except duckdb.Error as exc:
-        return None, str(exc).splitlines()[0], None
+        return None, one_line(exc), None
     finally:
         con.close()
 
@@ -118,6 +119,8 @@ def render(st):
     if st.get("loading"):
         ld = st["loading"]
         lines.append(f"  loading {ld['task_type']}: {ld['done']} of {ld['files']} file(s) since {ld['since']}")
+        if ld.get("waiting"):
+            lines.append(f"  waiting for {ld['waiting']}")
     if st.get("stuck"):
         lines.append(f"  stuck: the load step has made no progress for {st['stuck']}s; see /healthz and the log")
     if st["retry"]:

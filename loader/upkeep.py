@@ -23,6 +23,7 @@ import time
 
 import duckdb
 
+from duckstage.exceptions import one_line
 from duckstage.staging import utcnow
 
 from . import lake
@@ -69,7 +70,7 @@ class Upkeep:
             lake.expire(warehouse.con, loader_config.snapshot_retention_days, delete_after)
             files = lake.file_counts(warehouse.con)
         except (duckdb.Error, DatabaseBusy) as exc:
-            error, files = str(exc).splitlines()[0], None
+            error, files = one_line(exc), None
             self.failures += 1
             log.warning("DuckLake upkeep failed, tried again in %gs: %s", loader_config.maintenance_interval, error,
                         extra={"event": "maintenance_failed"})

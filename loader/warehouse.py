@@ -102,6 +102,7 @@ class Warehouse:
         self._connect = connect
         self.con = None
         self.lock = lake.WriterLock(database)
+        self.on_lock_wait = None  # called with the task type when its writer lock is taken by another
 
     @property
     def is_open(self):
@@ -141,7 +142,8 @@ class Warehouse:
         loader holds it for ``timeout`` seconds. Take it before ``begin``: the transaction then
         sees everything the previous holder committed."""
         try:
-            release = self.lock.acquire(task_type, timeout, stop)
+            on_wait = (lambda: self.on_lock_wait(task_type)) if self.on_lock_wait else None
+            release = self.lock.acquire(task_type, timeout, stop, on_wait)
         except (lake.LockTimeout, duckdb.Error) as exc:
             raise DatabaseBusy(self.database, f"take the writer lock of {task_type} in", exc) from None
         try:
