@@ -104,6 +104,16 @@ def families(st):
     yield GaugeMetricFamily("duckstage_loader_database_open", "1 while the loader holds the database",
                             value=1 if st.get("database_open") else 0)
 
+    if st.get("snapshot") is not None:  # a DuckLake
+        yield GaugeMetricFamily("duckstage_loader_snapshot", "The DuckLake snapshot after the last load step",
+                                value=st["snapshot"])
+    upkeep = st.get("maintenance")
+    if upkeep is not None:
+        runs = CounterMetricFamily("duckstage_loader_maintenance", "DuckLake maintenance runs by result",
+                                   labels=["result"])
+        runs.add_metric(["ok"], upkeep["runs"])
+        runs.add_metric(["failed"], upkeep["failures"])
+        yield runs
     retry = st.get("retry") or {}
     yield CounterMetricFamily("duckstage_loader_retries", "Times the database was busy and a retry was scheduled",
                               value=st.get("retries", 0))

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from loader import lake
 from stager.deadletter import UNKNOWN, read_records
 from stager.results import TaskType
 from stager.tasks import build_huey
@@ -106,14 +107,15 @@ def clean(rows, dataset):
 
 def warehouse_tables(config):
     """{task type: (column types, rows)} of the declared columns, sorted by primary key, read-only."""
-    con = duckdb.connect(str(config.loader.database), read_only=True)
+    con = lake.connect(config.loader.database, read_only=True)
     try:
         out = {}
         for name in config.datasets.names:
             ds = config.datasets[name]
             types = dict(con.execute(
                 "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = 'main' AND table_name = ?", [name]).fetchall())
+                " WHERE table_catalog = current_database() AND table_schema = 'main' AND table_name = ?",
+                [name]).fetchall())
             if not types:
                 continue
             cols = ", ".join(f'"{c.name}"' for c in ds.columns)
@@ -237,7 +239,7 @@ def assert_nothing_left(config):
 def assert_archive_is_the_manifest(config):
     """Every archived file was committed (is in the manifest) and every manifest file was archived."""
     archived = sorted(p.name for p in files_under(config.archive_dir))
-    con = duckdb.connect(str(config.loader.database), read_only=True)
+    con = lake.connect(config.loader.database, read_only=True)
     try:
         manifest = sorted(r[0] for r in con.execute("SELECT file FROM _duckstage_manifest").fetchall())
     finally:
