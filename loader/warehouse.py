@@ -2,7 +2,7 @@
 
 Bookkeeping lives in the destination: a file's MERGE and its manifest row
 commit in one transaction, so the manifest alone decides whether a file was
-loaded. Facts this module is written around (DuckDB 2.0.1, measured):
+loaded. Facts this module is written around (DuckDB 2.0.1 and 1.5.5, measured):
 
 - ``UPDATE SET *`` / ``INSERT *`` match columns by position; every column is
   named here, and only non-key columns are updated.

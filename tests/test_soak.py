@@ -17,6 +17,10 @@ is stopped. At the end:
 - every dead-lettered row is one the producer injected as bad (a task re-run
   after a kill may dead-letter its rows twice), and every injected row is there.
 
+It runs on the DuckDB file and on a DuckLake on PostgreSQL; on the DuckLake a
+reader queries in a loop all along and never sees a key twice or a file's
+transaction half-applied.
+
     DUCKSTAGE_SOAK_SECONDS=600 pytest -m slow tests/test_soak.py -s
 
 ``DUCKSTAGE_SOAK_SEED`` replays the same kill schedule (timing still varies).
@@ -95,19 +99,67 @@ def sealed_waiting(config):
     return sum(len(staging.sealed_files(config.staging_dir / name)) for name in config.datasets.names)
 
 
+class Reader(threading.Thread):
+    """A researcher querying a DuckLake in a loop while it is loaded: never a key twice, never a
+    transaction half-applied (a file's rows are all in the table once its manifest row is)."""
+
+    def __init__(self, config):
+        super().__init__(name="soak-reader", daemon=True)
+        self.config = config
+        self.stopped = threading.Event()
+        self.queries, self.problems, self.errors = 0, [], []
+
+    def run(self):
+        from loader import lake
+
+        while not self.stopped.wait(0.2):
+            try:
+                con = lake.connect(self.config.loader.database, read_only=True)
+            except Exception as exc:  # noqa: BLE001 - the catalog not created yet, or busy for a moment
+                self.errors.append(str(exc))
+                continue
+            try:
+                con.execute("BEGIN")  # one snapshot for the three queries
+                doubled = con.execute(
+                    "SELECT count(*) - count(DISTINCT (ts_code, trade_date)) FROM stock_daily").fetchall()[0][0]
+                loaded = con.execute("SELECT coalesce(sum(inserted), 0) FROM _duckstage_manifest"
+                                     " WHERE task_type = 'stock_daily'").fetchall()[0][0]
+                rows = con.execute("SELECT count(*) FROM stock_daily").fetchall()[0][0]
+                con.execute("COMMIT")
+                self.queries += 1
+                if doubled:
+                    self.problems.append(f"{doubled} key(s) twice in stock_daily")
+                if rows != loaded:
+                    self.problems.append(f"stock_daily holds {rows} rows, its manifest says {loaded} were inserted")
+            except Exception as exc:  # noqa: BLE001 - tables not created yet
+                if "does not exist" not in str(exc):
+                    self.problems.append(f"query failed: {exc}")
+            finally:
+                con.close()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(SECONDS + 600)
-def test_soak_kill_9_both_processes_at_random(tmp_path, spawn):
+@pytest.mark.parametrize("backend", ["duckdb", "ducklake-postgres"])
+def test_soak_kill_9_both_processes_at_random(tmp_path, spawn, request, backend):
+    database = {}
+    if backend == "ducklake-postgres":
+        database = {"database": "ducklake:postgres:" + request.getfixturevalue("postgres_db").conninfo,
+                    "maintenance_interval": 5}
     path = write_config(
         tmp_path,
         stager={"batch_size": 1500, "batch_timeout": 1.0, "worker_threads": 2, "queue_check_interval": 0.05,
                 "shutdown_timeout": 60},
-        loader={"rescan_interval": 0.5, "idle_release": 0.5, "retry_delay": 0.1, "retry_max_delay": 1.0})
+        loader={"rescan_interval": 0.5, "idle_release": 0.5, "retry_delay": 0.1, "retry_max_delay": 1.0,
+                **database})
     config = load_config(path)
     rng = random.Random(SEED)
     procs = {name: spawn(name, path, "run") for name in ("stager", "loader")}
     producer = Producer(config, RATE)
     producer.start()
+    reader = Reader(config)
+    if config.loader.database.is_lake:
+        reader.start()
     kills = Counter()
     mid_work = Counter()  # kills that found the stager holding leased tasks, the loader sealed files to load
 
@@ -135,6 +187,10 @@ def test_soak_kill_9_both_processes_at_random(tmp_path, spawn):
     wait_for(lambda: sealed_waiting(config) == 0, timeout=300, interval=0.5,
              message="the loader to commit every sealed file")
     assert loader.stop(60) == 0, loader.log()[-3000:]
+    reader.stopped.set()
+    if reader.is_alive():
+        reader.join(30)
+        assert reader.queries > 10 and not reader.problems, (reader.queries, reader.problems[:5], reader.errors[-3:])
 
     batches = producer.enqueued
     injected = injected_bad_rows(batches)
@@ -142,6 +198,9 @@ def test_soak_kill_9_both_processes_at_random(tmp_path, spawn):
           f"{sum(injected[0].values())} bad rows injected, kill -9: stager {kills['stager']}, "
           f"loader {kills['loader']} ({mid_work['stager']} and {mid_work['loader']} of them mid-work)")
     assert mid_work["stager"] and mid_work["loader"], "no kill landed while there was work in hand"
+    if reader.queries:
+        print(f"soak: a reader queried the DuckLake {reader.queries} times while it loaded: no key twice,"
+              " no transaction half-applied")
     assert_warehouse_equals(config, expected_rows(batches, config.datasets))
     assert_nothing_left(config)
     assert_deadletter_is_injected(config, injected, exactly=False)
