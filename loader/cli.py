@@ -188,7 +188,8 @@ def status(as_json):
     click.echo(json.dumps(st, indent=2, default=str) if as_json else render(st))
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,
+                               "help_option_names": ["--help"]})  # -h and -c... are duckdb's
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def shell(args):
     """Open the duckdb CLI on the warehouse, read-only; ARGS go to duckdb.
