@@ -7,7 +7,7 @@ import pytest
 from duckstage.config import load_config
 from loader import lake
 from loader.service import Loader
-from tests.helpers import Process, wait_for, write_config
+from tests.helpers import Process, free_port, get, value, wait_for, write_config
 from tests.loader.helpers import FAST, Stage, daily, files_in, run_cli
 
 
@@ -72,6 +72,10 @@ def test_upkeep_runs_on_its_interval_and_keeps_time_travel_within_the_retention(
 
 def test_status_and_metrics_show_the_current_snapshot_while_the_loader_runs(lake_config, tmp_path):
     path, config = lake_config
+    port = free_port()
+    path = write_config(tmp_path, log_level="INFO", loader={
+        **FAST, "database": str(config.loader.database.attach_target), "maintenance_interval": 0,
+        "metrics_port": port})
     stage = Stage(config)
     stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
     loader = Process("loader", path, "run")
@@ -83,6 +87,8 @@ def test_status_and_metrics_show_the_current_snapshot_while_the_loader_runs(lake
                  message=f"status to show snapshot {snapshot}")
         shown = run_cli(path, "status", "--json")
         assert '"snapshot": %d' % snapshot in shown.stdout
+        wait_for(lambda: value(get(port, "/metrics")[1], "duckstage_loader_snapshot") == snapshot, timeout=30,
+                 message=f"/metrics to show snapshot {snapshot}")
         # A reader gets in while the loader runs: the DuckLake is never held by one process.
         out = run_cli(path, "shell", "-csv", "-noheader", "-c", "SELECT count(*) FROM stock_daily")
         assert out.returncode == 0 and out.stdout.strip() == "1", out
