@@ -56,7 +56,9 @@ class LockTimeout(Exception):
 
 def extension_folder():
     """A folder of links to the extension packages' files, named by their entry points."""
-    folder = Path(tempfile.gettempdir()) / f"duckstage-extensions-{duckdb.__version__}-{os.getuid()}"
+    # One folder per installation (and user): two virtualenvs never re-point each other's links.
+    installation = zlib.crc32(str(_package_file("ducklake").parent).encode())
+    folder = Path(tempfile.gettempdir()) / f"duckstage-extensions-{duckdb.__version__}-{os.getuid()}-{installation:08x}"
     folder.mkdir(mode=0o700, exist_ok=True)
     for package, entry in EXTENSIONS.items():
         link = folder / f"{entry}.duckdb_extension"
