@@ -163,6 +163,7 @@ class LeasingRedisStorage(PriorityRedisStorage):
         self.stagers_key = f"duckstage.stagers.{self.name}"
         self._connected_since = None  # clock() of the first beat that reached Redis after a failure
         self._unsure = []  # (owner, request id) of lease calls whose reply never came
+        self._unacked = []  # lease ids acknowledged while Redis was out of reach
         self._lock = threading.Lock()
         self._lease = self.conn.register_script(_LEASE)
         self._claim_result = self.conn.register_script(_CLAIM_RESULT)
@@ -194,7 +195,14 @@ class LeasingRedisStorage(PriorityRedisStorage):
             raise
 
     def _settle_unsure(self):
-        """Return to the queue what failed lease calls made: nobody was handed those tasks."""
+        """Make the acknowledgements Redis missed, and return to the queue what failed lease calls made."""
+        with self._lock:
+            unacked, self._unacked = self._unacked, []
+        failed, error = self._delete_leases(unacked)
+        if failed:
+            with self._lock:
+                self._unacked[:0] = failed
+            raise error
         with self._lock:
             unsure, self._unsure = self._unsure, []
         try:
@@ -230,18 +238,42 @@ class LeasingRedisStorage(PriorityRedisStorage):
                 for lease_id, entry in zip(flat[::2], flat[1::2])]
 
     def ack(self, lease_ids):
-        """Delete what the leases hold: their rows are sealed or dead-lettered."""
+        """Delete what the leases hold: their rows are sealed or dead-lettered.
+
+        With Redis out of reach, the acknowledgement is kept and made at the next
+        call that reaches it (the heartbeat's, at the latest), instead of holding
+        up the sealer: the rows are safe on disk, and should this process end
+        first, its tasks run again after its heartbeat expires (the loader's MERGE
+        keeps one copy of their rows).
+        """
+        failed, error = self._delete_leases(lease_ids)
+        if failed:
+            with self._lock:
+                self._unacked += failed
+            log.warning("cannot acknowledge %d lease(s) yet (%s): done when Redis answers again", len(failed), error,
+                        extra={"event": "ack_deferred", "count": len(failed)})
+
+    def _delete_leases(self, lease_ids):
+        """Delete leases; the ids left undeleted because Redis was out of reach, and the error."""
         by_owner = {}
         for lease_id in lease_ids:
             by_owner.setdefault(self._owner_of(lease_id), []).append(lease_id)
+        failed, error = [], None
         for owner, ids in by_owner.items():
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
-                gone = len(chunk) - self.conn.hdel(self.leases_key(owner), *chunk)
-                if gone:
+                if error is None:
+                    try:
+                        gone = len(chunk) - self.conn.hdel(self.leases_key(owner), *chunk)
+                    except REDIS_UNREACHABLE as exc:
+                        error = exc
+                if error is not None:
+                    failed += chunk
+                elif gone:
                     log.warning("%d lease(s) had gone back to the queue while this stager was out of touch with "
                                 "Redis for longer than huey.lease_timeout: another stager may stage their rows "
                                 "too (the loader's MERGE keeps one copy)", gone, extra={"event": "lease_lost"})
+        return failed, error
 
     def release(self, lease_ids):
         """Put leased tasks (or results) back where they were: they are handed out again."""
@@ -275,8 +307,8 @@ class LeasingRedisStorage(PriorityRedisStorage):
 
     def beat(self, owner):
         """Renew ``owner``'s heartbeat, then return what expired instances held; the count returned."""
-        self._settle_unsure()
         try:
+            self._settle_unsure()
             before = self.conn.set(self.alive_key(owner), self.identity, px=int(self.lease_timeout * 1000),
                                    get=True)
             self.conn.sadd(self.stagers_key, owner)
@@ -332,4 +364,10 @@ class LeasingRedisStorage(PriorityRedisStorage):
         self.release(lease_ids)
 
     def close(self):
+        """Make the acknowledgements still owed, if Redis answers, and close the connections."""
+        try:
+            self._settle_unsure()
+        except REDIS_UNREACHABLE as exc:
+            log.warning("closing with Redis out of reach (%s): %d acknowledgement(s) not made; those tasks run again "
+                        "after this stager's heartbeat expires", exc, len(self._unacked))
         self.pool.disconnect()

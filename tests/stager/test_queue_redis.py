@@ -321,3 +321,22 @@ def test_a_producer_gets_queue_unavailable_when_redis_is_down_and_nothing_is_enq
     assert err.value.location == url.replace("s3cret", "***")
     assert "nothing was enqueued" in str(err.value) and "s3cret" not in str(err.value)
     assert isinstance(err.value.__cause__, redis.exceptions.ConnectionError)
+
+
+def test_an_acknowledgement_while_redis_is_down_is_made_when_it_answers_again(redis_server, storages):
+    stager, closing, other = storages(3)
+    for data in (b"first", b"second"):
+        stager.enqueue(data)
+    [(first, _)] = stager.lease("stager", 1)
+    [(second, _)] = closing.lease("closing", 1)
+
+    redis_server.stop()
+    try:
+        stager.ack([first])  # rows sealed: the sealer is not held up by Redis being away
+        closing.ack([second])
+    finally:
+        redis_server.start()
+    assert other.lease_count() == 2  # not made yet
+    stager.beat("stager")  # the next call that reaches Redis makes it
+    closing.close()  # and so does a stop
+    assert (other.queue_size(), other.lease_count()) == (0, 0)
