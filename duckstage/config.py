@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import urllib.parse
-from dataclasses import asdict, dataclass, fields, is_dataclass, make_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, make_dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -57,6 +57,7 @@ class Key:
         self.path = path
         self.build = build
         self.shown = shown or (lambda v: v)
+        self.redacted = shown is not None  # its value classes' repr leaves it out too
 
     def problem(self, value, source, key):
         """None when ``value`` is acceptable, else what is wrong with it."""
@@ -215,7 +216,8 @@ def _values_class(name, keys, doc, group=None, methods=None):
     """A frozen dataclass with one field per key; ``group`` ``(field, value class)`` gathers that class's keys."""
     grouped = {f.name for f in fields(group[1])} if group else set()
     attrs = [group] if group else []
-    attrs += [(k, rule.value_type) for k, rule in keys.items() if k not in grouped]
+    attrs += [(k, rule.value_type, field(repr=False)) if rule.redacted else (k, rule.value_type)
+              for k, rule in keys.items() if k not in grouped]
     cls = make_dataclass(name, attrs, frozen=True, namespace=dict(methods or {}, __doc__=doc))
     cls.__module__ = __name__
     return cls

@@ -210,3 +210,17 @@ def test_inspect_config_keeps_the_valid_keys_and_names_the_invalid_ones(tmp_path
     path.write_text("stager: [unclosed\n")
     config, refused = inspect_config(path)
     assert refused.key == "(file)" and "valid YAML" in str(refused)
+
+
+def test_a_redis_password_is_never_shown(tmp_path):
+    from duckstage.config import running_values
+
+    config = from_mapping({"huey": {"backend": "redis", "url": "redis://user:s3cret@queue.internal:6379/2"}},
+                          config_dir=CONFIG_DIR, cwd=tmp_path)
+    assert config.huey.url == "redis://user:s3cret@queue.internal:6379/2"  # what the client connects with
+    assert config.huey.location == running_values(config)["huey.url"] == "redis://user:***@queue.internal:6379/2"
+    assert "s3cret" not in repr(config)
+    with pytest.raises(ConfigError) as err:  # refused for its port: still not shown
+        from_mapping({"huey": {"backend": "redis", "url": "redis://:s3cret@queue.internal:port/2"}},
+                     config_dir=CONFIG_DIR, cwd=tmp_path)
+    assert err.value.key == "huey.url" and "s3cret" not in str(err.value)
