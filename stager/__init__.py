@@ -3,7 +3,7 @@
 The producer contract (docs/design.md): ``TaskType``, ``TaskResult``, and the Huey
 task ``stager.tasks.process_fetched_data``, which raises ``UnknownTaskType`` (a
 ValueError) at enqueue for a task type the datasets file does not declare, and
-``QueueUnavailable`` when the Redis queue cannot be reached.
+``QueueUnavailable`` when the Redis queue cannot be reached or is full.
 """
 
 from .exceptions import ConfigError, QueueUnavailable, UnknownTaskType

@@ -4,8 +4,8 @@
   the reason; the rest of its batch goes on.
 - ``UnknownTaskType``: a producer's mistake, refused at enqueue in the
   producer's process; nothing is enqueued.
-- ``QueueUnavailable``: the Redis queue cannot be reached at enqueue; nothing
-  is enqueued; the producer may try again later.
+- ``QueueUnavailable``: the Redis queue cannot be reached, or is full, at
+  enqueue; nothing is enqueued; the producer may try again later.
 
 The shared errors live in ``duckstage.exceptions``; ``ConfigError`` is named
 here too so producers can catch it without knowing the shared package.
@@ -55,7 +55,7 @@ class UnknownTaskType(DuckstageError, ValueError):
 
 
 class QueueUnavailable(DuckstageError):
-    """The Redis queue (``huey.backend: redis``) could not be reached: nothing was enqueued.
+    """The Redis queue (``huey.backend: redis``) could not be reached, or is full: nothing was enqueued.
 
     Raised in the producer's process by ``process_fetched_data(...)``; ``location``
     is the queue's URL without its password and ``__cause__`` the client's error.
@@ -65,4 +65,5 @@ class QueueUnavailable(DuckstageError):
 
     def __init__(self, location, error):
         self.location = location
-        super().__init__(f"Huey queue at {location} unreachable ({error}); nothing was enqueued, try again later")
+        super().__init__(f"Huey queue at {location} cannot take the task ({type(error).__name__}: {error}); "
+                         "nothing was enqueued, try again later")

@@ -32,10 +32,10 @@ import time
 from huey import Huey
 from huey.storage import SqliteStorage
 
-from .queue_redis import REDIS_UNREACHABLE, LeasingRedisStorage
+from .queue_redis import REDIS_FULL, REDIS_UNREACHABLE, LeasingRedisStorage
 
-# What the Huey storage raises when it is busy or out of reach: wait and try again, lose nothing.
-STORAGE_ERRORS = (sqlite3.Error, *REDIS_UNREACHABLE)
+# What the Huey storage raises when it is busy, full or out of reach: wait and try again, lose nothing.
+STORAGE_ERRORS = (sqlite3.Error, *REDIS_UNREACHABLE, *REDIS_FULL)
 # Client-side limits for Redis: a host that vanishes without closing the connection must not hang
 # a stager for good. Above the 1 s blocking read of Huey's own consumer (huey_consumer).
 REDIS_SOCKET_TIMEOUT = 15

@@ -41,6 +41,7 @@ import uuid
 
 from huey.storage import PriorityRedisStorage
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .exceptions import QueueUnavailable
@@ -50,7 +51,12 @@ log = logging.getLogger(__name__)
 # Redis could not be reached, or did not answer in time: wait and try again (BusyLoadingError,
 # the server still loading its append-only file after a restart, is a ConnectionError).
 REDIS_UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+# Redis is full (maxmemory, noeviction): it refuses what would grow it, until stagers drain it.
+REDIS_FULL = (RedisOutOfMemoryError,)
 
+# Each script's first write deletes: when Redis is full it refuses a script whose first
+# write would grow memory, but not the writes after that one (Redis 6.2), so stagers can
+# still lease, release and return tasks, and drain a full Redis.
 # A lease hash entry is the thing held, tagged with where it goes back to:
 #   t<score>:<queue member>        a task, with its score (priority) in the queue's sorted set
 #   r<length of key>:<key><value>  a result, with its key in the result hash
@@ -80,16 +86,19 @@ while true do  -- the same request again (its reply was lost): what it leased th
 end
 if #out > 0 then return out end
 local items = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1, 'WITHSCORES')
-if #items == 0 then return out end
-redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[4])
-redis.call('SADD', KEYS[4], ARGV[3])
+for j = 1, #items, 2 do
+  redis.call('ZREM', KEYS[1], items[j])
+end
 for j = 1, #items, 2 do
   local id = ARGV[1] .. ':' .. ((j + 1) / 2)
   local entry = 't' .. items[j + 1] .. ':' .. items[j]
-  redis.call('ZREM', KEYS[1], items[j])
   redis.call('HSET', KEYS[2], id, entry)
   out[#out + 1] = id
   out[#out + 1] = entry
+end
+if #items > 0 then
+  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[4])
+  redis.call('SADD', KEYS[4], ARGV[3])
 end
 return out
 """
@@ -101,11 +110,19 @@ if held then return held end
 local value = redis.call('HGET', KEYS[1], ARGV[2])
 if not value then return false end
 redis.call('HDEL', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[4])
-redis.call('SADD', KEYS[4], ARGV[3])
 local entry = 'r' .. string.len(ARGV[2]) .. ':' .. ARGV[2] .. value
 redis.call('HSET', KEYS[2], ARGV[1], entry)
+redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[4])
+redis.call('SADD', KEYS[4], ARGV[3])
 return entry
+"""
+
+# KEYS: alive, stagers. ARGV: instance, lease_timeout ms, identity. 1: renewed; 0: it had expired.
+_BEAT = """
+local renewed = redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if renewed == 0 then redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2]) end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then redis.call('SADD', KEYS[2], ARGV[1]) end
+return renewed
 """
 
 # KEYS: leases, queue, results. ARGV: lease ids. Back where they came from; ids no longer held are skipped.
@@ -114,8 +131,8 @@ local n = 0
 for _, id in ipairs(ARGV) do
   local entry = redis.call('HGET', KEYS[1], id)
   if entry then
-    give_back(KEYS[2], KEYS[3], entry)
     redis.call('HDEL', KEYS[1], id)
+    give_back(KEYS[2], KEYS[3], entry)
     n = n + 1
   end
 end
@@ -129,8 +146,8 @@ while true do
   local id = ARGV[1] .. ':' .. (n + 1)
   local entry = redis.call('HGET', KEYS[1], id)
   if not entry then return n end
-  give_back(KEYS[2], KEYS[3], entry)
   redis.call('HDEL', KEYS[1], id)
+  give_back(KEYS[2], KEYS[3], entry)
   n = n + 1
 end
 """
@@ -139,9 +156,9 @@ end
 _REQUEUE = _GIVE_BACK + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local all = redis.call('HGETALL', KEYS[2])
-for i = 2, #all, 2 do give_back(KEYS[3], KEYS[4], all[i]) end
-redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[5], ARGV[1])
+redis.call('DEL', KEYS[2])
+for i = 2, #all, 2 do give_back(KEYS[3], KEYS[4], all[i]) end
 return #all / 2
 """
 
@@ -170,6 +187,7 @@ class LeasingRedisStorage(PriorityRedisStorage):
         self._release = self.conn.register_script(_RELEASE)
         self._release_request = self.conn.register_script(_RELEASE_REQUEST)
         self._requeue = self.conn.register_script(_REQUEUE)
+        self._beat = self.conn.register_script(_BEAT)
 
     def leases_key(self, instance):
         return f"duckstage.leases.{self.name}.{instance}"
@@ -223,7 +241,7 @@ class LeasingRedisStorage(PriorityRedisStorage):
     def enqueue(self, data, priority=None):
         try:
             super().enqueue(data, priority)
-        except REDIS_UNREACHABLE as exc:
+        except REDIS_UNREACHABLE + REDIS_FULL as exc:
             raise QueueUnavailable(self.location, exc) from exc
 
     def lease(self, owner, limit=1):
@@ -309,15 +327,14 @@ class LeasingRedisStorage(PriorityRedisStorage):
         """Renew ``owner``'s heartbeat, then return what expired instances held; the count returned."""
         try:
             self._settle_unsure()
-            before = self.conn.set(self.alive_key(owner), self.identity, px=int(self.lease_timeout * 1000),
-                                   get=True)
-            self.conn.sadd(self.stagers_key, owner)
+            keys, args = self._own(owner)
+            renewed = self._beat(keys=keys, args=args)
         except REDIS_UNREACHABLE:
             self._connected_since = None
             raise
         if self._connected_since is None:
             self._connected_since = self.clock()
-        elif before is None:
+        elif not renewed:
             log.error("this stager's heartbeat had expired (stalled, or out of touch with Redis for longer than "
                       "huey.lease_timeout=%gs): its leased tasks may have gone to another stager",
                       self.lease_timeout, extra={"event": "heartbeat_expired"})

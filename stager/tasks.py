@@ -15,7 +15,7 @@ warning), so the producer and the stager agree on the queue: relative paths
 are relative to the configuration file, not to where the producer runs. A
 configuration that is refused raises ``duckstage.exceptions.ConfigError`` at that
 first use; the queue's location is logged at DEBUG (logger ``stager.tasks``). With
-``huey.backend: redis``, an enqueue that cannot reach Redis raises
+``huey.backend: redis``, an enqueue that cannot reach Redis, or finds it full, raises
 ``stager.QueueUnavailable`` (nothing enqueued; try again later). A
 task type the datasets file does not declare is refused at once with
 ``stager.UnknownTaskType`` (a ValueError) listing the declared ones; nothing is

@@ -340,3 +340,42 @@ def test_an_acknowledgement_while_redis_is_down_is_made_when_it_answers_again(re
     stager.beat("stager")  # the next call that reaches Redis makes it
     closing.close()  # and so does a stop
     assert (other.queue_size(), other.lease_count()) == (0, 0)
+
+
+@pytest.fixture
+def full_redis(redis_server):
+    """``fill()`` makes the test server full (maxmemory below what it uses, noeviction) until the test ends."""
+    client = redis.Redis.from_url(redis_server.url)
+
+    def fill():
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        client.config_set("maxmemory", 1)
+
+    yield fill
+    client.config_set("maxmemory", 0)
+    client.close()
+
+
+def test_a_full_redis_refuses_new_tasks_but_the_stagers_still_drain_it(full_redis, storages):
+    from stager import QueueUnavailable
+
+    producer, stager, other = storages(3, clock=Clock())
+    for i in range(10):
+        producer.enqueue(b"task-%d" % i)
+    held = stager.lease("stager", 2)
+    given_up = other.lease("other", 1)
+    stager.beat("stager")
+    full_redis()
+
+    with pytest.raises(QueueUnavailable) as err:
+        producer.enqueue(b"one too many")
+    assert isinstance(err.value.__cause__, redis.exceptions.OutOfMemoryError)
+    stager.beat("stager")  # the heartbeat still renews: a full Redis must not make live stagers look dead
+    other.release([lease_id for lease_id, _ in given_up])
+    stager.ack([lease_id for lease_id, _ in held])
+    drained = []
+    while leased := stager.lease("stager", 3):  # leasing frees the queue before it fills the lease hash
+        drained += [d for _, d in leased]
+        stager.ack([lease_id for lease_id, _ in leased])
+    assert drained == [b"task-2"] + [b"task-%d" % i for i in range(3, 10)]
+    assert (producer.queue_size(), producer.lease_count()) == (0, 0)

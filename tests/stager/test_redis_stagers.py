@@ -172,4 +172,4 @@ def test_stager_produce_with_redis_down_says_so_in_one_line(tmp_path):
                           "--days", "1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
-    assert "unreachable" in out.stderr and "nothing was enqueued" in out.stderr
+    assert "cannot take the task (ConnectionError" in out.stderr and "nothing was enqueued" in out.stderr
