@@ -19,8 +19,10 @@ file, they are relative to the working directory.
 
 import logging
 import os
+import re
 import threading
-from dataclasses import asdict, dataclass, fields, is_dataclass, make_dataclass, replace
+import urllib.parse
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, make_dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -39,10 +41,13 @@ class Key:
 
     ``path`` keys name a file under ``data_dir`` and become a ``Path`` resolved against it.
     ``build(section_values, data_dir)`` makes the value of a key that is more than a path
-    (``loader.database``).
+    (``loader.database``). ``shown`` turns a value into what status, logs and error
+    messages may show (a Redis URL without its password). A ``None`` default means
+    the key is unset unless the file gives it.
     """
 
-    def __init__(self, default, kind, expected, check=None, live=False, meaning="", path=False, build=None):
+    def __init__(self, default, kind, expected, check=None, live=False, meaning="", path=False, build=None,
+                 shown=None):
         self.default = default
         self.kind = kind  # a type or tuple of types
         self.expected = expected
@@ -51,6 +56,8 @@ class Key:
         self.meaning = meaning
         self.path = path
         self.build = build
+        self.shown = shown or (lambda v: v)
+        self.redacted = shown is not None  # its value classes' repr leaves it out too
 
     def problem(self, value, source, key):
         """None when ``value`` is acceptable, else what is wrong with it."""
@@ -58,7 +65,7 @@ class Key:
             isinstance(value, bool) and bool not in _as_tuple(self.kind)
         )
         if not kind_ok or not self.check(value):
-            return ConfigProblem(source, key, self.expected, value)
+            return ConfigProblem(source, key, self.expected, self.shown(value) if kind_ok else value)
         return None
 
     @property
@@ -82,6 +89,26 @@ def _nonempty(v):
     return bool(v.strip())
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _redis_url(v):
+    """redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or unix://[:PASSWORD@]/PATH[?db=DB]."""
+    try:
+        url = urllib.parse.urlsplit(v)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError:
+        return False
+    if url.scheme == "unix":
+        return bool(url.path)
+    return url.scheme in REDIS_SCHEMES and bool(url.hostname) and re.fullmatch(r"(/\d*)?", url.path) is not None
+
+
+def redact_url(url):
+    """A URL without its password (``***`` in its place), for status, logs and error messages."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", url) if isinstance(url, str) else url
+
+
 def _seconds(default, meaning, live=True):
     return Key(default, _num, "a positive number of seconds", lambda v: v > 0, live, meaning)
 
@@ -95,6 +122,10 @@ def _metrics_keys(meaning_port, meaning_host):
                             meaning=meaning_host),
     }
 
+
+HUEY_BACKENDS = ("sqlite", "redis")
+# The keys only one backend reads: given with the other, they are refused rather than ignored.
+BACKEND_KEYS = {"sqlite": ("path", "fsync"), "redis": ("url", "lease_timeout")}
 
 # Batch settings that may also be set per task type under stager.task_types.
 BATCH_KEYS = {
@@ -113,12 +144,19 @@ SPEC = {
     "log_level": Key("INFO", str, "one of " + ", ".join(LOG_LEVELS), lambda v: v.upper() in LOG_LEVELS, True,
                      "DEBUG, INFO, WARNING, ERROR"),
     "huey": {
-        "backend": Key("sqlite", str, "sqlite (the only backend duckstage embeds)", lambda v: v == "sqlite",
-                       meaning="SqliteHuey, the embedded queue"),
+        "backend": Key("sqlite", str, "one of " + ", ".join(HUEY_BACKENDS), lambda v: v in HUEY_BACKENDS,
+                       meaning="`sqlite`: SqliteHuey, the embedded queue; `redis`: one queue for stagers on"
+                               " several hosts ([scaling](scaling.md#the-queue-on-redis))"),
         "name": Key("duckstage", str, "a non-empty queue name", _nonempty,
                     meaning="queue name; keep it for duckstage alone"),
-        "path": Key("huey.db", str, "a file path", _nonempty, meaning="the SQLite file", path=True),
-        "fsync": Key(True, bool, "true or false", meaning="producers commit with `synchronous=FULL`"),
+        "path": Key("huey.db", str, "a file path", _nonempty, meaning="backend sqlite: the SQLite file", path=True),
+        "fsync": Key(True, bool, "true or false", meaning="backend sqlite: producers commit with `synchronous=FULL`"),
+        "url": Key(None, str, "a Redis URL, redis://HOST:PORT/DB", _redis_url, shown=redact_url,
+                   meaning="backend redis (required): `redis://[:PASSWORD@]HOST:PORT/DB`; status and logs never"
+                           " show the password"),
+        "lease_timeout": Key(30, _num, "a number of seconds >= 1", lambda v: v >= 1,
+                             meaning="backend redis: seconds without a heartbeat before a stager's leased tasks"
+                                     " return to the queue"),
     },
     "stager": {
         "worker_threads": Key(4, int, "an integer from 1 to 64", lambda v: 1 <= v <= 64,
@@ -178,7 +216,8 @@ def _values_class(name, keys, doc, group=None, methods=None):
     """A frozen dataclass with one field per key; ``group`` ``(field, value class)`` gathers that class's keys."""
     grouped = {f.name for f in fields(group[1])} if group else set()
     attrs = [group] if group else []
-    attrs += [(k, rule.value_type) for k, rule in keys.items() if k not in grouped]
+    attrs += [(k, rule.value_type, field(repr=False)) if rule.redacted else (k, rule.value_type)
+              for k, rule in keys.items() if k not in grouped]
     cls = make_dataclass(name, attrs, frozen=True, namespace=dict(methods or {}, __doc__=doc))
     cls.__module__ = __name__
     return cls
@@ -189,7 +228,15 @@ def _batch_for(self, task_type):
 
 
 BatchSettings = _values_class("BatchSettings", BATCH_KEYS, "When a staging buffer is sealed.")
-HueyConfig = _values_class("HueyConfig", SPEC["huey"], "The queue: ``huey.*``.")
+
+
+def _location(self):
+    """Where the queue is, as status and logs show it: the SQLite file, or the Redis URL without its password."""
+    return redact_url(self.url) if self.backend == "redis" else str(self.path)
+
+
+HueyConfig = _values_class("HueyConfig", SPEC["huey"], "The queue: ``huey.*``.",
+                           methods={"location": property(_location)})
 StagerConfig = _values_class(
     "StagerConfig", SPEC["stager"],
     "``stager.*``; the batch keys are in ``batch``, ``task_types`` maps a task type to its BatchSettings.",
@@ -317,6 +364,7 @@ def _build(raw, source, config_dir, data_base):
     """``(Config, problems)``: every invalid value replaced by its default, every problem listed."""
     problems = []
     values = _validate(raw, SPEC, source, "", problems)
+    problems += _backend_problems(raw, values["huey"], source)
     data_dir = Path(values["data_dir"])
     data_dir = data_dir if data_dir.is_absolute() else Path(os.path.normpath(Path(data_base) / data_dir))
     datasets_path = Path(values["datasets"])
@@ -337,6 +385,28 @@ def _build(raw, source, config_dir, data_base):
     config = Config(source=source, data_dir=data_dir, datasets=datasets, log_level=values["log_level"].upper(),
                     **sections)
     return config, problems
+
+
+def _backend_problems(raw, huey, source):
+    """A Redis backend without its URL, and keys of the backend not chosen (which would be silently ignored)."""
+    given = raw.get("huey") if isinstance(raw, dict) else None
+    given = given if isinstance(given, dict) else {}
+    backend = huey["backend"]
+    if given.get("backend", backend) != backend:
+        return []  # the backend itself is refused already
+    problems = []
+    if backend == "redis" and "url" not in given:
+        problems.append(ConfigProblem(source, "huey.url", "a Redis URL, redis://HOST:PORT/DB (required with "
+                                                          "huey.backend: redis)", has_got=False))
+    for other, keys in BACKEND_KEYS.items():
+        for key in keys if other != backend else ():
+            if key in given:
+                rule = SPEC["huey"][key]
+                problems.append(ConfigProblem(source, f"huey.{key}", f"no huey.{key} with huey.backend: {backend} "
+                                                                     f"(only backend {other} reads it)",
+                                              rule.shown(given[key])))
+                huey[key] = rule.default
+    return problems
 
 
 def _section_values(cls, values, rules, data_dir):
@@ -440,8 +510,8 @@ def _datasets_changed(a, b):
 
 
 def running_values(config):
-    """Every key's value in ``config``, by dotted name, JSON-ready (for status, metrics and comparisons)."""
-    return {name: _plain(_value_of(config, name)) for name, _ in declared_keys()}
+    """Every key's value in ``config``, by dotted name, JSON-ready, as it may be shown (for status, metrics, logs)."""
+    return {name: _plain(rule.shown(_value_of(config, name))) for name, rule in declared_keys()}
 
 
 def _value_of(config, dotted):
@@ -469,7 +539,8 @@ def reference_table():
         return {True: "true", False: "false"}.get(default, default) if isinstance(default, bool) else default
 
     lines = ["| key | default | live | meaning |", "| --- | --- | --- | --- |"]
-    lines += [f"| `{name}` | `{shown(rule.default)}` | {'yes' if rule.live else 'no'} | {rule.meaning} |"
+    lines += [f"| `{name}` | {'—' if rule.default is None else f'`{shown(rule.default)}`'} | "
+              f"{'yes' if rule.live else 'no'} | {rule.meaning} |"
               for name, rule in declared_keys()]
     return "\n".join(lines) + "\n"
 

@@ -50,9 +50,9 @@ def run():
                 return
     on_signals(stop, reload=[stager.reload_requested])
     stager.start()  # a metrics port that is taken: duckstage.command names the key, exit 2
-    # Producers must enqueue into this very file: say where it is, as an absolute path.
-    log.info("configuration %s; Huey queue %r in %s", config.source, config.huey.name, config.huey.path,
-             extra={"event": "queue", "file": str(config.huey.path)})
+    # Producers must enqueue into this very queue: say where it is (an absolute path, or the Redis URL).
+    log.info("configuration %s; Huey queue %r in %s", config.source, config.huey.name, config.huey.location,
+             extra={"event": "queue", "file": config.huey.location})
     stop.wait()
     log.info("asked to stop: finishing in-flight tasks and sealing buffers")
     if not stager.stop():
@@ -89,7 +89,7 @@ def requeue(paths):
     Example: stager requeue data/deadletter/income/income-20241129-1a2b3c4d.jsonl
     """
     from .deadletter import NotADeadLetter, requeue as requeue_file
-    from .exceptions import UnknownTaskType
+    from .exceptions import QueueUnavailable, UnknownTaskType
     from .tasks import build_huey
 
     config = load("stager")
@@ -100,6 +100,8 @@ def requeue(paths):
                 tasks, rows = requeue_file(path, enqueue, check_task_type=huey.check_task_type)
             except (NotADeadLetter, UnknownTaskType) as exc:
                 raise UserError(str(exc)) from None
+            except QueueUnavailable as exc:  # the file stays: requeue it again once Redis is back
+                raise Unfinished(f"{path}: {exc}") from None
             click.echo(f"{path}: {rows} row(s) enqueued again as {tasks} task(s)")
     finally:
         huey.storage.close()
@@ -138,6 +140,7 @@ def produce(**options):
 
     Example: stager produce --stocks 500 --days 20 --seed 1 --bad-share 0.01
     """
+    from .exceptions import QueueUnavailable
     from .produce import generate, produce as enqueue_all
     from .tasks import build_huey
 
@@ -145,6 +148,8 @@ def produce(**options):
     huey, enqueue = build_huey(config)
     try:
         counts = enqueue_all(enqueue, generate(**options, datasets=config.datasets))
+    except QueueUnavailable as exc:
+        raise Unfinished(str(exc)) from None
     finally:
         huey.storage.close()
     for task_type, c in counts.items():

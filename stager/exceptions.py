@@ -4,6 +4,8 @@
   the reason; the rest of its batch goes on.
 - ``UnknownTaskType``: a producer's mistake, refused at enqueue in the
   producer's process; nothing is enqueued.
+- ``QueueUnavailable``: the Redis queue cannot be reached, or is full, at
+  enqueue; nothing is enqueued; the producer may try again later.
 
 The shared errors live in ``duckstage.exceptions``; ``ConfigError`` is named
 here too so producers can catch it without knowing the shared package.
@@ -50,3 +52,18 @@ class UnknownTaskType(DuckstageError, ValueError):
         message = (f"unknown task type {task_type!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                    + f"; {self.source} declares: {', '.join(self.known)}; nothing was enqueued")
         super().__init__(f"{context}: {message}" if context else message)
+
+
+class QueueUnavailable(DuckstageError):
+    """The Redis queue (``huey.backend: redis``) could not be reached, or is full: nothing was enqueued.
+
+    Raised in the producer's process by ``process_fetched_data(...)``; ``location``
+    is the queue's URL without its password and ``__cause__`` the client's error.
+    Enqueue again once Redis is back: a task that did reach Redis before its reply
+    was lost then runs twice, and the loader's MERGE keeps one copy of its rows.
+    """
+
+    def __init__(self, location, error):
+        self.location = location
+        super().__init__(f"Huey queue at {location} cannot take the task ({type(error).__name__}: {error}); "
+                         "nothing was enqueued, try again later")

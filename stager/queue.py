@@ -14,17 +14,32 @@ stager died before sealing them. ``LeasingSqliteStorage`` adds:
   again (work the stager could not keep, e.g. with the dead letter's disk full);
 - ``requeue_orphans(owner)``: at start-up, drop the leases of earlier (crashed)
   stager instances, so their tasks run again;
-- ``scan_results`` / ``delete_results``: read the result store a page at a
-  time, by key, and delete only the results the stager has sealed.
+- ``scan_results`` / ``claim_result`` / ``ack_results``: read the result store
+  a page at a time, by key, and delete only the results the stager has sealed.
 
 Huey's own ``dequeue`` skips leased tasks and is otherwise unchanged, so a
 producer's consumer that uses this storage behaves as with SqliteStorage.
+
+``huey.backend: redis`` uses ``LeasingRedisStorage`` (stager.queue_redis), with
+the same methods for several stagers at once; ``build_storage_huey`` picks one.
+One stager serves a SQLite file, so leases here need no heartbeat
+(``beat_interval`` is None): those of an earlier instance are released at start.
 """
 
+import sqlite3
 import time
 
 from huey import Huey
 from huey.storage import SqliteStorage
+
+from .queue_redis import REDIS_FULL, REDIS_UNREACHABLE, LeasingRedisStorage
+
+# What the Huey storage raises when it is busy, full or out of reach: wait and try again, lose nothing.
+STORAGE_ERRORS = (sqlite3.Error, *REDIS_UNREACHABLE, *REDIS_FULL)
+# Client-side limits for Redis: a host that vanishes without closing the connection must not hang
+# a stager for good. Above the 1 s blocking read of Huey's own consumer (huey_consumer).
+REDIS_SOCKET_TIMEOUT = 15
+REDIS_CONNECT_TIMEOUT = 5
 
 
 class LeasingSqliteStorage(SqliteStorage):
@@ -40,6 +55,7 @@ class LeasingSqliteStorage(SqliteStorage):
         "task_id integer not null unique, owner text not null, leased_at real not null)"
     )
     ddl = SqliteStorage.ddl + [table_lease]
+    beat_interval = None  # no heartbeat: one stager per file
     _free = "queue = ? and id not in (select task_id from duckstage_lease)"
 
     def __init__(self, *args, synchronous=None, **kwargs):
@@ -110,11 +126,21 @@ class LeasingSqliteStorage(SqliteStorage):
         return self.sql("select count(*) from duckstage_lease where queue = ?",
                         (self.name,), results=True)[0][0]
 
-    def scan_results(self, after_key, limit):
-        """Up to ``limit`` result-store entries with keys after ``after_key``, by key."""
-        return self.sql(
-            "select key, value from kv where queue = ? and key > ? order by key limit ?",
-            (self.name, after_key, limit), results=True)
+    def scan_results(self, cursor, limit):
+        """A page of the result store, by key: ``([(key, value), ...], next cursor or None at the end)``."""
+        page = self.sql("select key, value from kv where queue = ? and key > ? order by key limit ?",
+                        (self.name, cursor or "", limit), results=True)
+        return page, (page[-1][0] if len(page) == limit else None)
+
+    def claim_result(self, owner, key):
+        """The token ``ack_results`` takes: the key itself (one stager per file, nothing to record)."""
+        return key
+
+    def ack_results(self, keys):
+        self.delete_results(keys)
+
+    def release_results(self, keys):
+        pass  # never moved: the next pass over the store finds them again
 
     def delete_results(self, keys):
         keys = list(keys)
@@ -124,8 +150,26 @@ class LeasingSqliteStorage(SqliteStorage):
                      (self.name, *chunk), commit=True)
 
 
-def build_storage_huey(huey_config, synchronous=None, huey_class=Huey):
-    """A Huey instance (of ``huey_class``) on the leasing SQLite storage described by ``huey_config``."""
+def build_storage_huey(huey_config, synchronous=None, huey_class=Huey, **storage_options):
+    """A Huey instance (of ``huey_class``) on the leasing storage ``huey_config`` describes.
+
+    ``synchronous`` is for SQLite only; ``storage_options`` go to the storage (tests pass a ``clock``).
+    """
+    if huey_config.backend == "redis":
+        from redis import ConnectionPool
+
+        # Options in the URL (?socket_timeout=...) take precedence over these.
+        pool = ConnectionPool.from_url(huey_config.url, socket_timeout=REDIS_SOCKET_TIMEOUT,
+                                       socket_connect_timeout=REDIS_CONNECT_TIMEOUT)
+        return huey_class(
+            huey_config.name,
+            storage_class=LeasingRedisStorage,
+            connection_pool=pool,
+            lease_timeout=huey_config.lease_timeout,
+            location=huey_config.location,
+            utc=True,
+            **storage_options,
+        )
     huey_config.path.parent.mkdir(parents=True, exist_ok=True)
     return huey_class(
         huey_config.name,
@@ -134,4 +178,5 @@ def build_storage_huey(huey_config, synchronous=None, huey_class=Huey):
         fsync=huey_config.fsync,
         synchronous=synchronous,
         utc=True,
+        **storage_options,
     )

@@ -22,7 +22,6 @@ from it.
 import logging
 import os
 import secrets
-import sqlite3
 import threading
 import time
 
@@ -37,6 +36,7 @@ from .buffer import Buffer
 from .claims import Claims
 from .deadletter import DeadLetter
 from .intake import Intake
+from .queue import STORAGE_ERRORS
 from .sealer import Sealer
 from .sources import QueueSource, ResultSource
 from .stats import Statistics
@@ -87,9 +87,9 @@ class Stager:
             log.warning("removed leftover temporary file %s (its task is re-run)", path)
         try:
             self.claims.recover()
-        except sqlite3.Error as exc:  # huey.db locked by another process: the workers retry
+        except STORAGE_ERRORS as exc:  # huey.db locked, or Redis out of reach: the workers retry
             self.stats.error("database_connection")
-            log.warning("Huey storage: %s; recovering leases when it is free", exc)
+            log.warning("Huey storage %s: %s; recovering leases when it answers", self.config.huey.location, exc)
         self.started_at = time.time()
         self.state = "running"
 
@@ -110,6 +110,8 @@ class Stager:
             self._spawn(f"worker-{i}", self._work_loop)
         self._spawn("sealer", self._seal_loop)
         self._spawn("status", self._status_loop)
+        if self.huey.storage.beat_interval:  # Redis: leases live as long as this heartbeat
+            self._spawn("heartbeat", self._heartbeat_loop)
         log.info("stager %s started: %d worker threads, source=%s, data_dir=%s", self.instance,
                  self.config.stager.worker_threads, self.source.kind, self.config.data_dir,
                  extra={"event": "started", "instance": self.instance})
@@ -167,11 +169,12 @@ class Stager:
                 log.error("%s: %s; pausing %.1fs", name, exc, delay)
                 self.stopped_event.wait(delay)
                 continue
-            except sqlite3.Error as exc:  # Huey's SQLite file locked or failing: retry, lose nothing
+            except STORAGE_ERRORS as exc:  # Huey's SQLite file locked, or Redis out of reach: retry, lose nothing
                 self._thread_state[name] = "paused"
                 self.stats.error("database_connection")
                 delay = queue_backoff.next()
-                log.warning("%s: Huey storage: %s; retrying in %.1fs", name, exc, delay)
+                log.warning("%s: Huey storage %s: %s; retrying in %.1fs", name, self.config.huey.location, exc,
+                            delay)
                 self.stopped_event.wait(delay)
                 continue
             except Exception:  # noqa: BLE001 - a bug must not silently end a worker
@@ -207,6 +210,34 @@ class Stager:
             self._thread_state[name] = "idle"
             timeouts = [self.config.stager.batch_for(n).batch_timeout for n in self.buffers]
             self._halt.wait(min(0.25, min(timeouts) / 4))
+        self._thread_state[name] = "stopped"
+
+    def _heartbeat_loop(self):
+        # Runs until _halt, after the shutdown's seals: the leases they acknowledge are still ours.
+        name = threading.current_thread().name
+        interval = self.huey.storage.beat_interval
+        backoff = Backoff(min(0.1, interval), 2.0, interval)  # capped: a heartbeat lives three intervals
+        while not self._halt.is_set():
+            self._thread_state[name] = "working"
+            try:
+                self.source.keep_alive()
+            except STORAGE_ERRORS as exc:
+                self._thread_state[name] = "paused"
+                self.stats.error("database_connection")
+                delay = backoff.next()
+                log.warning("heartbeat: Huey storage %s: %s; retrying in %.1fs", self.config.huey.location, exc,
+                            delay)
+                self._halt.wait(delay)
+                continue
+            except Exception:  # noqa: BLE001 - a bug must not end the heartbeat: the leases would go to others
+                self._thread_state[name] = "paused"
+                self.stats.error("internal")
+                log.exception("heartbeat: unexpected error; retrying")
+                self._halt.wait(backoff.next())
+                continue
+            backoff.reset()
+            self._thread_state[name] = "idle"
+            self._halt.wait(interval)
         self._thread_state[name] = "stopped"
 
     def _status_loop(self):
@@ -305,7 +336,7 @@ class Stager:
         try:
             self.huey.storage.queue_size()
         except Exception as exc:  # noqa: BLE001 - any failure here is the answer to the probe
-            problems.append(f"Huey storage {self.config.huey.path} unreachable: {exc}")
+            problems.append(f"Huey storage {self.config.huey.location} unreachable: {exc}")
         reason = writable(self.config.staging_dir)
         if reason:
             problems.append(f"staging: {reason}")

@@ -8,9 +8,12 @@ rows could not be written): they are handed out again, with no restart.
 - ``QueueSource`` (``run_huey_consumer: true``): leases the next tasks from
   the queue and runs ``process_fetched_data`` on the calling worker thread.
 - ``ResultSource`` (``run_huey_consumer: false``): the producer runs its own
-  Huey consumer; results are read a page at a time by key and deleted after
-  the seal. Results that are not ``TaskResult`` objects belong to someone
-  else: they are counted and left alone.
+  Huey consumer; results are read a page at a time, claimed one by one and
+  deleted after the seal. Results that are not ``TaskResult`` objects belong
+  to someone else: they are counted and left alone.
+
+Both recover what earlier (or, on Redis, dead) stager instances held, and
+``keep_alive`` renews the heartbeat on storages that have one (Redis).
 """
 
 import logging
@@ -47,6 +50,10 @@ class QueueSource:
     def recover(self):
         """Put tasks leased by earlier instances back in the queue."""
         return self.storage.requeue_orphans(self.instance)
+
+    def keep_alive(self):
+        """Renew this instance's heartbeat; return to the queue what dead instances held (the count)."""
+        return self.storage.beat(self.instance)
 
     def claim_many(self):
         """The tasks of one lease transaction (up to LEASE_BATCH), executed: a list of Claims."""
@@ -98,13 +105,20 @@ class ResultSource:
         self.instance = instance
         self._lock = threading.Lock()
         self._page = []
-        self._after = ""
-        self._claimed = set()  # keys handed out and not yet acknowledged
+        self._cursor = None  # where the next page starts; None: at the start of a pass
+        self._in_pass = False
+        self._claimed = {}  # token -> key, handed out and not yet acknowledged
+        self._claimed_keys = set()
+        self._done = set()  # keys acknowledged during this pass: a cursor may return a key twice
         self._foreign = set()  # keys seen that are not ours: never touched
         self.foreign_results = 0
 
     def recover(self):
-        return 0  # unacknowledged results are still in the store: nothing to move
+        """Put results claimed by earlier (on Redis: dead) instances back in the store."""
+        return self.storage.requeue_orphans(self.instance)
+
+    def keep_alive(self):
+        return self.storage.beat(self.instance)
 
     def claim_many(self, limit=16):
         claims = []
@@ -116,22 +130,28 @@ class ResultSource:
         with self._lock:
             while True:
                 if not self._page:
-                    self._page = self.storage.scan_results(self._after, self.PAGE)
-                    if not self._page:
-                        self._after = ""  # next call starts a new pass over the store
+                    if self._in_pass and self._cursor is None:
+                        self._in_pass = False  # the next call starts a new pass over the store
+                        self._done.clear()
                         return None
-                    self._after = self._page[-1][0]
+                    self._page, self._cursor = self.storage.scan_results(self._cursor, self.PAGE)
+                    self._in_pass = True
+                    continue
                 key, value = self._page.pop(0)
-                if key in self._claimed or key in self._foreign:
+                if key in self._done or key in self._foreign or key in self._claimed_keys:
                     continue
                 result = self._ours(value)
                 if result is None:
                     self._note_foreign(key)
                     continue
-                self._claimed.add(key)
+                token = self.storage.claim_result(self.instance, key)
+                if token is None:
+                    continue  # another stager claimed it first
+                self._claimed[token] = key
+                self._claimed_keys.add(key)
                 if result.task_id is None:
                     result.task_id = key
-                return Claim(result, key)
+                return Claim(result, token)
 
     def _ours(self, value):
         try:
@@ -147,13 +167,18 @@ class ResultSource:
         log.debug("leaving result %s alone: not a %s result", key, TASK_NAME)
 
     def ack(self, tokens):
-        self.storage.delete_results(tokens)
+        self.storage.ack_results(tokens)
         with self._lock:
-            self._claimed.difference_update(tokens)
+            for t in tokens:
+                if (key := self._claimed.pop(t, None)) is not None:
+                    self._claimed_keys.discard(key)
+                    self._done.add(key)
 
     def release(self, tokens):
-        with self._lock:  # still in the store: claimed again on the next pass over it
-            self._claimed.difference_update(tokens)
+        self.storage.release_results(tokens)  # back in the store: claimed again on a later pass
+        with self._lock:
+            for t in tokens:
+                self._claimed_keys.discard(self._claimed.pop(t, None))
 
     def backlog(self):
         return {"result_store": self.storage.result_store_size(),

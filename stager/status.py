@@ -6,21 +6,39 @@ from duckstage import staging
 from duckstage.command import checked_at, config_report, config_report_lines, process_config_lines
 from duckstage.ops import pid_alive, read_snapshot
 from .deadletter import is_regular
-from .queue import build_storage_huey
+from .queue import STORAGE_ERRORS, build_storage_huey
+
+
+def queue_report(huey_config):
+    """The queue's backend, location and backlog; ``error`` instead of the counts when it cannot be read.
+
+    On Redis, ``stagers`` lists every stager instance registered on the queue:
+    whether its heartbeat is alive, its host and pid, and how many tasks it holds.
+    """
+    queue = {"backend": huey_config.backend, "name": huey_config.name, "location": huey_config.location}
+    if huey_config.backend == "sqlite":
+        queue["path"] = str(huey_config.path)
+    elif not huey_config.url:
+        return {**queue, "error": "no huey.url configured"}
+    huey = build_storage_huey(huey_config)
+    try:
+        storage = huey.storage
+        queue.update(queued_tasks=storage.queue_size(), leased_tasks=storage.lease_count(),
+                     result_store=storage.result_store_size())
+        if huey_config.backend == "redis":
+            queue["stagers"] = storage.stagers()
+    except STORAGE_ERRORS as exc:
+        queue["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        huey.storage.close()
+    return queue
 
 
 def collect(config, refused=None):
     """Everything ``stager status`` shows, as one JSON-ready dict; ``refused``: the file's ConfigError, if any."""
     snapshot = read_snapshot(config.run_dir / "stager.json")
     running = bool(snapshot and snapshot.get("state") in ("running", "stopping") and pid_alive(snapshot["pid"]))
-    huey = build_storage_huey(config.huey)
-    try:
-        storage = huey.storage
-        queue = {"name": config.huey.name, "path": str(config.huey.path),
-                 "queued_tasks": storage.queue_size(), "leased_tasks": storage.lease_count(),
-                 "result_store": storage.result_store_size()}
-    finally:
-        huey.storage.close()
+    queue = queue_report(config.huey)
     disk = {}
     for dataset in config.datasets:
         files = staging.sealed_files(config.staging_dir / dataset.name)
@@ -44,6 +62,23 @@ def _n(value):
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
+def queue_lines(q, proc=None):
+    """What status says of the queue, and what the running stager (``proc``, its snapshot) waits for."""
+    where = f"huey queue {q['name']!r} ({q['backend']}) at {q['location']}"
+    if "error" in q:
+        lines = [f"{where}: cannot be read: {q['error']}"]
+    else:
+        lines = [f"{where}: {_n(q['queued_tasks'])} queued, {_n(q['leased_tasks'])} leased (in a buffer), "
+                 f"{_n(q['result_store'])} in the result store"]
+    for s in q.get("stagers", []):
+        state = f"alive on {s['identity']}" if s["alive"] else "heartbeat expired: its tasks return to the queue"
+        lines.append(f"  stager {s['instance']}: {state}, {_n(s['leased'])} leased")
+    waiting = (proc or {}).get("backlog", {}).get("error")
+    if waiting:
+        lines.append(f"the stager waits for the queue and retries with backoff: {waiting}")
+    return lines
+
+
 def render(report):
     from rich.console import Console
     from rich.table import Table
@@ -58,9 +93,8 @@ def render(report):
     console.print(f"stager: {state}, checked at {report['checked_at']}", highlight=False)
     for line in config_report_lines(report["configuration"], "stager", report["running"]):
         console.print(line, highlight=False, markup=False)
-    console.print(f"huey queue {q['name']!r} in {q['path']}: {_n(q['queued_tasks'])} queued, "
-                  f"{_n(q['leased_tasks'])} leased (in a buffer), {_n(q['result_store'])} in the result store",
-                  highlight=False)
+    for line in queue_lines(q, proc if report["running"] else None):
+        console.print(line, highlight=False, markup=False)
     table = Table("task type", "tasks", "rows staged", "files", "buffer rows", "buffer age s",
                   "dead letter", "superseded", "waiting", "MiB")
     per_type = (proc or {}).get("task_types", {})

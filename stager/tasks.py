@@ -14,7 +14,9 @@ first use from the configuration (``$DUCKSTAGE_CONFIG`` or
 warning), so the producer and the stager agree on the queue: relative paths
 are relative to the configuration file, not to where the producer runs. A
 configuration that is refused raises ``duckstage.exceptions.ConfigError`` at that
-first use; the queue's location is logged at DEBUG (logger ``stager.tasks``). A
+first use; the queue's location is logged at DEBUG (logger ``stager.tasks``). With
+``huey.backend: redis``, an enqueue that cannot reach Redis, or finds it full, raises
+``stager.QueueUnavailable`` (nothing enqueued; try again later). A
 task type the datasets file does not declare is refused at once with
 ``stager.UnknownTaskType`` (a ValueError) listing the declared ones; nothing is
 enqueued. A producer that runs its own Huey
@@ -170,5 +172,5 @@ def _producer_config():
     if config.note:
         log.warning(config.note, extra={"event": "config_defaults"})
     log.debug("process_fetched_data enqueues into Huey queue %r in %s (configuration %s)", config.huey.name,
-              config.huey.path, config.source, extra={"event": "queue", "file": str(config.huey.path)})
+              config.huey.location, config.source, extra={"event": "queue", "file": config.huey.location})
     return config

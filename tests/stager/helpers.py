@@ -1,9 +1,11 @@
 import datetime as dt
+import json
 
 import pyarrow.parquet as pq
 
 from duckstage import staging
 from stager.deadletter import read_records
+from tests.helpers import wait_for
 
 
 def daily_rows(n, day="20240102", start=0, close=10.2, exchange="SH"):
@@ -34,3 +36,32 @@ def deadletters(config):
 
 def d(s):
     return dt.datetime.strptime(s, "%Y%m%d").date()
+
+
+def redis_host(root, name, redis_url, lease_timeout=2, **sections):
+    """A configuration for one "host" on a shared Redis queue: ``(path, config)``, data in ``root/name/data``.
+
+    Several of them, each with its own data folder, are several stagers on several hosts.
+    """
+    from duckstage.config import load_config
+    from tests.helpers import write_config
+
+    huey = {"backend": "redis", "url": redis_url, "lease_timeout": lease_timeout, **sections.pop("huey", {})}
+    path = write_config(root / name, huey=huey, **sections)
+    return path, load_config(path)
+
+
+def stager_status(config):
+    """The running stager's status snapshot (data/run/stager.json), or None."""
+    try:
+        return json.loads((config.run_dir / "stager.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_running(config, proc):
+    """Until the stager reports itself running (its signal handlers are installed by then); its snapshot."""
+    def running():
+        status = stager_status(config)
+        return status if status and status["pid"] == proc.proc.pid and status["state"] == "running" else None
+    return wait_for(running, timeout=30, message="stager running")

@@ -36,7 +36,20 @@ def test_shipped_config_file_equals_the_defaults(tmp_path):
     ({"stager": {"batch_size": "many"}}, "stager.batch_size", "a positive number of rows"),
     ({"stager": {"batch_size": 0}}, "stager.batch_size", "a positive number of rows"),
     ({"stager": {"worker_threads": True}}, "stager.worker_threads", "an integer from 1 to 64"),
-    ({"huey": {"backend": "redis"}}, "huey.backend", "sqlite"),
+    ({"huey": {"backend": "postgres"}}, "huey.backend", "one of sqlite, redis"),
+    ({"huey": {"backend": "redis"}}, "huey.url", "a Redis URL, redis://HOST:PORT/DB (required with huey.backend: redis)"),
+    ({"huey": {"backend": "redis", "url": "http://127.0.0.1:6379/0"}}, "huey.url", "a Redis URL"),
+    ({"huey": {"backend": "redis", "url": "redis://127.0.0.1:port/0"}}, "huey.url", "a Redis URL"),
+    ({"huey": {"backend": "redis", "url": "redis://127.0.0.1:6379/zero"}}, "huey.url", "a Redis URL"),
+    ({"huey": {"backend": "redis", "url": "redis://127.0.0.1:6379/0", "path": "huey.db"}}, "huey.path",
+     "no huey.path with huey.backend: redis (only backend sqlite reads it)"),
+    ({"huey": {"backend": "redis", "url": "redis://127.0.0.1:6379/0", "fsync": False}}, "huey.fsync",
+     "no huey.fsync with huey.backend: redis"),
+    ({"huey": {"url": "redis://127.0.0.1:6379/0"}}, "huey.url",
+     "no huey.url with huey.backend: sqlite (only backend redis reads it)"),
+    ({"huey": {"lease_timeout": 10}}, "huey.lease_timeout", "no huey.lease_timeout with huey.backend: sqlite"),
+    ({"huey": {"backend": "redis", "url": "redis://h/0", "lease_timeout": 0.5}}, "huey.lease_timeout",
+     "a number of seconds >= 1"),
     ({"loader": {"new_columns": "merge"}}, "loader.new_columns", "one of add, quarantine, ignore"),
     ({"log_level": "LOUD"}, "log_level", "one of DEBUG"),
     ({"stager": {"task_types": {"incomes": {"batch_size": 5}}}}, "stager.task_types.incomes", "a task type declared"),
@@ -197,3 +210,17 @@ def test_inspect_config_keeps_the_valid_keys_and_names_the_invalid_ones(tmp_path
     path.write_text("stager: [unclosed\n")
     config, refused = inspect_config(path)
     assert refused.key == "(file)" and "valid YAML" in str(refused)
+
+
+def test_a_redis_password_is_never_shown(tmp_path):
+    from duckstage.config import running_values
+
+    config = from_mapping({"huey": {"backend": "redis", "url": "redis://user:s3cret@queue.internal:6379/2"}},
+                          config_dir=CONFIG_DIR, cwd=tmp_path)
+    assert config.huey.url == "redis://user:s3cret@queue.internal:6379/2"  # what the client connects with
+    assert config.huey.location == running_values(config)["huey.url"] == "redis://user:***@queue.internal:6379/2"
+    assert "s3cret" not in repr(config)
+    with pytest.raises(ConfigError) as err:  # refused for its port: still not shown
+        from_mapping({"huey": {"backend": "redis", "url": "redis://:s3cret@queue.internal:port/2"}},
+                     config_dir=CONFIG_DIR, cwd=tmp_path)
+    assert err.value.key == "huey.url" and "s3cret" not in str(err.value)

@@ -37,11 +37,11 @@ def basic_row(code):
     return dict(ts_code=code, symbol=code[:6], name="浦发银行")
 
 
-def test_a_seal_failing_inside_a_lease_batch_keeps_every_claim_and_needs_no_restart(make_config, producer):
+def test_a_seal_failing_inside_a_lease_batch_keeps_every_claim_and_needs_no_restart(make_queue_config, producer):
     """One lease batch: the first task fills the buffer and its seal fails. The later
     claims of that batch, a claim whose rows were all refused, and the other task
     types' group must neither be left leased (waiting for a restart) nor re-run."""
-    _, config = make_config(stager={"batch_size": 10})
+    _, config = make_queue_config(stager={"batch_size": 10})
     enqueue = producer(config)
     enqueue(TaskType.STOCK_DAILY, daily_rows(10))                      # fills the buffer: seal inside stage()
     enqueue(TaskType.STOCK_DAILY, daily_rows(3, start=10))             # a later claim of the same group
@@ -76,11 +76,11 @@ def test_a_seal_failing_inside_a_lease_batch_keeps_every_claim_and_needs_no_rest
     assert len(deadletters(config)) == 2
 
 
-def test_a_dead_letter_write_that_fails_is_taken_back_and_its_task_runs_again_once(make_config, producer):
+def test_a_dead_letter_write_that_fails_is_taken_back_and_its_task_runs_again_once(make_queue_config, producer):
     """The dead letter on a full disk: the failed write leaves no line behind (a re-run
     would double it), the task goes back to the queue (no restart), its good rows are
     not buffered twice, and once there is space every row lands exactly once."""
-    _, config = make_config(stager={"batch_size": 1000})
+    _, config = make_queue_config(stager={"batch_size": 1000})
     enqueue = producer(config)
     rows = daily_rows(4)
     rows[1]["close"] = "abc"

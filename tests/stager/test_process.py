@@ -11,7 +11,7 @@ from duckstage import staging
 from stager import TaskType
 from stager.tasks import build_huey
 from tests.helpers import queue_state, wait_for
-from tests.stager.helpers import daily_rows, deadletters, staged_keys, staged_paths
+from tests.stager.helpers import daily_rows, deadletters, staged_keys, staged_paths, wait_running
 
 
 def leased_since(config, moment):
@@ -24,19 +24,8 @@ def leased_since(config, moment):
         huey.storage.close()
 
 
-def wait_running(config, proc):
-    """Until the stager reports itself running (its signal handlers are installed by then)."""
-    def running():
-        try:
-            status = json.loads((config.run_dir / "stager.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return status["pid"] == proc.proc.pid and status["state"] == "running"
-    wait_for(running, timeout=30, message="stager running")
-
-
-def test_sigterm_seals_partly_filled_buffers_and_a_restart_restages_nothing(make_config, producer, spawn):
-    path, config = make_config(stager={"batch_size": 1000, "batch_timeout": 300})
+def test_sigterm_seals_partly_filled_buffers_and_a_restart_restages_nothing(make_queue_config, producer, spawn):
+    path, config = make_queue_config(stager={"batch_size": 1000, "batch_timeout": 300})
     enqueue = producer(config)
     enqueue(TaskType.STOCK_DAILY, daily_rows(3))
     enqueue(TaskType.STOCK_BASIC, [dict(ts_code="600000.SH", symbol="600000", name="浦发银行")])
@@ -147,14 +136,14 @@ def test_live_config_edit_is_applied_and_a_bad_edit_refused(make_config, produce
     assert "need a restart to take effect: stager.worker_threads" in proc.log()
 
 
-def test_producer_running_its_own_huey_consumer(make_config, producer, spawn, tmp_path):
+def test_producer_running_its_own_huey_consumer(make_queue_config, producer, spawn, tmp_path):
     """run_huey_consumer: false — Huey's own consumer executes the task in the producer's
     deployment, results land in the result store, the stager claims and stages them."""
     import os
     import subprocess
     import sys
 
-    path, config = make_config(stager={"run_huey_consumer": False, "batch_size": 1000, "batch_timeout": 0.5})
+    path, config = make_queue_config(stager={"run_huey_consumer": False, "batch_size": 1000, "batch_timeout": 0.5})
     enqueue = producer(config)
     ids = [enqueue(TaskType.STOCK_DAILY, daily_rows(20, start=20 * i)).id for i in range(5)]
     consumer = subprocess.Popen(
@@ -177,7 +166,7 @@ def test_producer_running_its_own_huey_consumer(make_config, producer, spawn, tm
     assert stager.stop() == 0, stager.log()
     huey, _ = build_huey(config)
     try:
-        keys = {k for k, _ in huey.storage.scan_results("", 100)}
+        keys = {k for k, _ in huey.storage.scan_results(None, 100)[0]}
     finally:
         huey.storage.close()
     assert keys == {"other-app-key"}  # ours deleted after the seal, the other application's kept
