@@ -22,10 +22,11 @@ test: $(VENV)/.installed  ## the package boundary (import-linter), then the defa
 soak: $(VENV)/.installed  ## the slow soak tests
 	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed  ## print throughput and memory figures
+bench: $(VENV)/.installed  ## print throughput and memory figures (DuckDB file and DuckLake)
 	$(PY) benchmarks/bench_stager.py
 	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_e2e.py
+	$(PY) benchmarks/bench_lake.py
 
 clean:
 	rm -rf $(VENV) data/huey.db* data/staging data/archive data/quarantine data/deadletter data/run data/warehouse.duckdb*

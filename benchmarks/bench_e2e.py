@@ -49,6 +49,7 @@ from stager.demo import Child  # noqa: E402
 from stager.produce import generate  # noqa: E402
 from stager.tasks import build_huey  # noqa: E402
 from tests.oracle import clean  # noqa: E402
+from loader import lake  # noqa: E402
 
 GOAL = 200_000  # rows/s end to end on 2 cores, 1000-row tasks (issue 4)
 
@@ -89,6 +90,44 @@ class Committed:
         return self.rows
 
 
+def write_config(work, batch_size, workers, loader=None):
+    """``work``/duckstage.yaml with its data in ``work``/data, and the configuration it makes.
+
+    ``loader``: the loader section, when not the defaults (a DuckLake, say).
+    """
+    config_path = Path(work) / "duckstage.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"data_dir": str(Path(work) / "data"), "datasets": str(REPO / "config" / "datasets.yaml"),
+            "log_level": "WARNING",
+            # batch_timeout 1 s: the last, partly filled file is sealed within a
+            # second instead of the default 30 s, which would dominate a short run.
+            "stager": {"batch_size": batch_size, "worker_threads": workers, "batch_timeout": 1}}
+    if loader:
+        body["loader"] = loader
+    config_path.write_text(yaml.safe_dump(body))
+    return config_path, load_config(config_path)
+
+
+def enqueue_rows(config, rows, task_rows, sample_tasks=0):
+    """Enqueue ``rows`` stock_daily rows as tasks of ``task_rows``; return the rows and the first tasks."""
+    huey, enqueue = build_huey(config)
+    started = time.perf_counter()
+    tasks = total = 0
+    sample = []
+    try:
+        for batch in daily_tasks(rows, task_rows):
+            enqueue(TaskType.STOCK_DAILY, batch)
+            tasks += 1
+            total += len(batch)
+            if len(sample) < sample_tasks:
+                sample.append(batch)
+    finally:
+        huey.storage.close()
+    print(f"producer: generated and enqueued {total:,} rows as {tasks:,} tasks of {task_rows} rows in "
+          f"{time.perf_counter() - started:.1f} s (not timed below)")
+    return total, sample
+
+
 def run_duckstage(config_path, config, total, work):
     stager = Child("stager", config_path, work, cwd=work)
     loader = Child("loader", config_path, work, cwd=work)
@@ -113,7 +152,8 @@ def run_duckstage(config_path, config, total, work):
 
 
 def verify(config, total):
-    con = duckdb.connect(str(config.loader.database), read_only=True)
+    """Check that the warehouse and its manifest hold every row; return the number of files merged."""
+    con = lake.connect(config.loader.database, read_only=True)
     try:
         rows = con.execute("SELECT count(*) FROM stock_daily").fetchone()[0]
         files, manifest_rows = con.execute(
@@ -164,30 +204,10 @@ def main():
 
     work = Path(tempfile.mkdtemp(prefix="bench_e2e-"))
     try:
-        config_path = work / "duckstage.yaml"
-        config_path.write_text(yaml.safe_dump({
-            "data_dir": str(work / "data"), "datasets": str(REPO / "config" / "datasets.yaml"),
-            "log_level": "WARNING",
-            # batch_timeout 1 s: the last, partly filled file is sealed within a
-            # second instead of the default 30 s, which would dominate a short run.
-            "stager": {"batch_size": args.batch_size, "worker_threads": args.workers, "batch_timeout": 1}}))
-        config = load_config(config_path)
+        config_path, config = write_config(work, args.batch_size, args.workers)
         print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
               f"duckdb {duckdb.__version__}; stager batch_size {args.batch_size:,}, {args.workers} workers")
-
-        huey, enqueue = build_huey(config)
-        started = time.perf_counter()
-        tasks = total = 0
-        sample = []
-        for rows in daily_tasks(args.rows, args.task_rows):
-            enqueue(TaskType.STOCK_DAILY, rows)
-            tasks += 1
-            total += len(rows)
-            if len(sample) < args.baseline_batches:
-                sample.append(rows)
-        huey.storage.close()
-        print(f"producer: generated and enqueued {total:,} rows as {tasks:,} tasks of {args.task_rows} rows in "
-              f"{time.perf_counter() - started:.1f} s (not timed below)")
+        total, sample = enqueue_rows(config, args.rows, args.task_rows, args.baseline_batches)
 
         elapsed, sealed_at, stager_peak, loader_peak = run_duckstage(config_path, config, total, work)
         files = verify(config, total)

@@ -55,12 +55,16 @@ def build_table(config, rows):
     wh.close()
 
 
-def stage_files(config, merge_rows, file_rows, table_rows, instance):
-    """Files of ``file_rows``: the first half of the keys exist (updates), the second half are new."""
+def stage_files(config, merge_rows, file_rows, table_rows, instance, first_seq=1):
+    """Files of ``file_rows``: the first half of the keys exist (updates), the second half are new.
+
+    Their sequence numbers start at ``first_seq``, so files staged by later calls sort after
+    these and have names of their own. Returns the number of files.
+    """
     dataset = config.datasets["stock_daily"]
     con = duckdb.connect()
     start = table_rows - merge_rows // 2
-    seq = 0
+    seq = first_seq - 1
     for offset in range(0, merge_rows, file_rows):
         seq += 1
         count = min(file_rows, merge_rows - offset)
@@ -70,7 +74,7 @@ def stage_files(config, merge_rows, file_rows, table_rows, instance):
         meta = staging.footer_metadata(dataset, count, {"bench"}, instance, sf.created_at, 1)
         staging.seal(table, config.staging_dir / "stock_daily" / sf.name, meta)
     con.close()
-    return seq
+    return seq - first_seq + 1
 
 
 class PeakRSS:
