@@ -107,9 +107,10 @@ class Warehouse:
     writes a task type's table or manifest rows (``loader.lake.WriterLock``).
     """
 
-    def __init__(self, database, connect=duckdb.connect):
+    def __init__(self, database, connect=duckdb.connect, read_only=False):
         self.database = database
         self._connect = connect
+        self.read_only = read_only  # for readers (``loader asof``): nothing is created
         self.con = None
         self.lock = lake.WriterLock(database)
         self.on_lock_wait = None  # called with the task type when its writer lock is taken by another
@@ -122,7 +123,9 @@ class Warehouse:
         if self.con is not None:
             return self
         try:
-            self.con = lake.connect(self.database, connect=self._connect)
+            self.con = lake.connect(self.database, read_only=self.read_only, connect=self._connect)
+            if self.read_only:
+                return self
             key = "" if self.database.is_lake else " PRIMARY KEY"  # DuckLake has none: see writing()
             self.con.execute(
                 f"CREATE TABLE IF NOT EXISTS {MANIFEST} ("

@@ -56,8 +56,8 @@ def test_the_loader_refuses_a_wrong_history_in_one_line_with_exit_2(tmp_path):
     raw["datasets"]["stock_basic"]["history"] = {"valid_from": "name"}
     (tmp_path / "datasets.yaml").write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     path = write_config(tmp_path, datasets=str(tmp_path / "datasets.yaml"))
-    done = subprocess.run([sys.executable, "-m", "loader", "--config", str(path), "asof", "income", "2024-04-30"], capture_output=True,
-                          text=True, timeout=60, cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-m", "loader", "--config", str(path), "asof", "income", "2024-04-30"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "datasets.stock_basic.history.valid_from: expected a DATE or TIMESTAMP column" in done.stderr
