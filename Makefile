@@ -26,6 +26,7 @@ bench: $(VENV)/.installed  ## print throughput and memory figures
 	$(PY) benchmarks/bench_stager.py
 	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_e2e.py
+	$(PY) benchmarks/bench_history.py
 
 clean:
 	rm -rf $(VENV) data/huey.db* data/staging data/archive data/quarantine data/deadletter data/run data/warehouse.duckdb*
