@@ -5,6 +5,7 @@ one line on stderr (duckstage.command: exit 2 for a person's mistake, 1 for work
 that did not finish). SIGTERM and SIGINT only set the stop event.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -88,6 +89,22 @@ def _open(config, stop, read_only=False):
     return wait_open(Warehouse(config.loader.database, read_only=read_only), config.loader, stop, waiting)
 
 
+@contextlib.contextmanager
+def _opened(config, stop, read_only=False):
+    """The warehouse, waited for and closed after; a LoaderError is the person's mistake (exit 2),
+    a database that stays busy unfinished work (exit 1)."""
+    try:
+        wh = _open(config, stop, read_only)
+        try:
+            yield wh
+        finally:
+            wh.close()
+    except LoaderError as exc:
+        raise UserError(str(exc)) from None
+    except DatabaseBusy as exc:
+        raise Unfinished(str(exc)) from None
+
+
 def _summary(out):
     click.echo(f"{len(out.loaded)} file(s) merged ({out.rows:,} rows: {out.inserted:,} inserted,"
                f" {out.updated:,} updated), {len(out.skipped)} already loaded,"
@@ -118,17 +135,12 @@ def reload(paths, force):
     stop = on_signals(threading.Event())
     try:
         groups = resolve_paths(config, paths)
-        wh = _open(config, stop)
-        bar, advance = _progress(sum(len(p) for p in groups.values()), "reload")
-        try:
-            with bar:
-                out = reload_files(wh, config, groups, force=force, progress=advance, stop=stop)
-        finally:
-            wh.close()
     except LoaderError as exc:
         raise UserError(str(exc)) from None
-    except DatabaseBusy as exc:
-        raise Unfinished(str(exc)) from None
+    with _opened(config, stop) as wh:
+        bar, advance = _progress(sum(len(p) for p in groups.values()), "reload")
+        with bar:
+            out = reload_files(wh, config, groups, force=force, progress=advance, stop=stop)
     _summary(out)
     if out.stopped:
         raise Unfinished("stopped; the remaining files were not reloaded")
@@ -243,20 +255,11 @@ def asof(table, day, where, output):
     database = config.loader.database
     if not database.is_lake and not database.path.exists():
         raise UserError(f"loader.database: {database} does not exist yet; run the loader first")
-    stop = on_signals(threading.Event())
-    try:
-        wh = _open(config, stop, read_only=True)
-        try:
-            rows, shown = history.asof(wh.con, dataset, when, where, output)
-            if output is not None:
-                click.echo(f"{rows:,} row(s) of {table} as known on {when} written to {output}")
-                return
-            shown.show(max_width=shutil.get_terminal_size((200, 24)).columns)
-        finally:
-            wh.close()
-    except LoaderError as exc:
-        raise UserError(str(exc)) from None
-    except DatabaseBusy as exc:
-        raise Unfinished(str(exc)) from None
+    with _opened(config, on_signals(threading.Event()), read_only=True) as wh:
+        rows, shown = history.asof(wh.con, dataset, when, where, output)
+        if output is not None:
+            click.echo(f"{rows:,} row(s) of {table} as known on {when} written to {output}")
+            return
+        shown.show(max_width=shutil.get_terminal_size((200, 24)).columns)
     more = f"; the first {history.SHOWN} shown, --output FILE.parquet exports them all" if rows > history.SHOWN else ""
     click.echo(f"{rows:,} row(s) of {table} as known on {when}{more}")
