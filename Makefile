@@ -27,6 +27,7 @@ bench: $(VENV)/.installed  ## print throughput and memory figures (DuckDB file a
 	$(PY) benchmarks/bench_loader.py
 	$(PY) benchmarks/bench_e2e.py
 	$(PY) benchmarks/bench_lake.py
+	$(PY) benchmarks/bench_history.py
 
 clean:
 	rm -rf $(VENV) data/huey.db* data/staging data/archive data/quarantine data/deadletter data/run data/warehouse.duckdb*

@@ -505,8 +505,8 @@ def _with_live_values(current, new, spec):
 
 
 def _datasets_changed(a, b):
-    return [(d.name, d.columns, d.primary_key, d.version_order, d.processor) for d in a.datasets] != \
-        [(d.name, d.columns, d.primary_key, d.version_order, d.processor) for d in b.datasets]
+    return [(d.name, d.columns, d.primary_key, d.version_order, d.processor, d.history) for d in a.datasets] != \
+        [(d.name, d.columns, d.primary_key, d.version_order, d.processor, d.history) for d in b.datasets]
 
 
 def running_values(config):

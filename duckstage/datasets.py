@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from .exceptions import ConfigError, ConfigProblem
@@ -30,6 +31,7 @@ FETCHED_AT = "_fetched_at"
 ANCHOR_DATE = "_anchor_date"
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+HISTORY_SUFFIX = "_history"  # <table>_history holds every version of a dataset with history
 COLUMN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 # Column names kept from data, in one list for both processes; DuckDB's names
@@ -87,6 +89,33 @@ class Column:
 
 
 @dataclass(frozen=True)
+class History:
+    """How a dataset keeps its versions: ``<table>_history``, each version dated by ``_valid_from``.
+
+    ``valid_from`` names the columns that say when a version became public,
+    tried in order; the first that is not NULL gives the date (a TIMESTAMP's
+    date, UTC for _fetched_at). When all are NULL the fetch date stands in:
+    the version was public at the latest when it was fetched, so a NULL never
+    hides a version nor dates it before it was known. The stager and the
+    loader apply this one rule, in Arrow and in SQL, through the two methods.
+    """
+
+    valid_from: tuple
+
+    @property
+    def _dates(self):
+        return self.valid_from + (() if self.valid_from[-1] == FETCHED_AT else (FETCHED_AT,))
+
+    def valid_from_sql(self, quote):
+        """SQL for ``_valid_from`` over the row's columns (``quote(name)`` writes a column reference)."""
+        return "coalesce(" + ", ".join(f"CAST({quote(c)} AS DATE)" for c in self._dates) + ")"
+
+    def valid_from_arrow(self, table):
+        """``_valid_from`` of each row of a staged Arrow table (a date32 array)."""
+        return pc.coalesce(*[pc.cast(table.column(c), pa.date32()) for c in self._dates])
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     primary_key: tuple
@@ -96,6 +125,12 @@ class Dataset:
     anchor_column: str = None
     source: str = ""
     processor: str = None  # "module:function", imported by the stager alone (stager.processors)
+    history: History = None  # None: only the newest version of each key is kept
+
+    @property
+    def history_table(self):
+        """The table of every version of a key (``history`` set), beside the current table."""
+        return f"{self.name}{HISTORY_SUFFIX}"
 
     @property
     def system_columns(self):
@@ -192,12 +227,16 @@ def parse_datasets(raw, source="<datasets>"):
         check(fail, "datasets", "a mapping of task type -> dataset", entries)
     else:
         datasets = [check(_parse_one, name, body, fail, check) for name, body in entries.items()]
+        for d in datasets:
+            if d is not None and d.history is not None and d.history_table in entries:
+                check(fail, f"datasets.{d.history_table}", f"another name: datasets.{d.name}.history keeps"
+                      f" its versions in the table {d.history_table}", d.history_table)
     if problems:
         raise ConfigError(problems=problems)
     return Datasets(datasets, version, str(source))
 
 
-_DATASET_KEYS = {"source", "primary_key", "version_order", "anchor", "columns", "processor"}
+_DATASET_KEYS = {"source", "primary_key", "version_order", "anchor", "columns", "processor", "history"}
 _COLUMN_KEYS = {"name", "type", "nullable", "pattern", "note", "api_default"}
 # module:function, the function possibly a dotted attribute; imported by the stager alone.
 PROCESSOR_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -243,12 +282,13 @@ def _parse_one(name, body, fail, check):
         # Only the form is checked here: the loader reads this file too, and must not
         # need the user's package. The stager imports the function at start.
         check(fail, f"{where}.processor", "module:function, e.g. mypackage.rules:check_daily", processor)
+    history = check(_history, where, body.get("history"), by_name, fail)
     if pk is None:
         raise _Refusal
 
     source = body.get("source", "")
     return Dataset(name, tuple(pk), tuple(version_order), columns,
-                   anchor_param, anchor_column, str(source), processor)
+                   anchor_param, anchor_column, str(source), processor, history)
 
 
 def _parse_column(at, col, seen, fail):
@@ -304,3 +344,24 @@ def _anchor(where, anchor, by_name, fail):
     if not isinstance(anchor_param, str) or not anchor_param:
         fail(f"{where}.anchor.param", "a request parameter name", anchor_param)
     return anchor_param, anchor_column
+
+
+def _history(where, history, by_name, fail):
+    if history is None:
+        return None
+    if not isinstance(history, dict) or set(history) != {"valid_from"}:
+        fail(f"{where}.history", "{valid_from: <column or list of columns>}", history)
+    valid_from = history["valid_from"]
+    names = [valid_from] if isinstance(valid_from, str) else valid_from
+    expected = (f"a DATE or TIMESTAMP column, or a list of them tried in order, declared or {FETCHED_AT}"
+                f" (e.g. [f_ann_date, ann_date])")
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
+        fail(f"{where}.history.valid_from", expected, valid_from)
+    for i, c in enumerate(names):
+        if c == FETCHED_AT:
+            if i != len(names) - 1:
+                fail(f"{where}.history.valid_from", f"{FETCHED_AT} last: it is never NULL, so nothing after it"
+                     " is ever used", valid_from)
+        elif c not in by_name or by_name[c].type not in ("DATE", "TIMESTAMP"):
+            fail(f"{where}.history.valid_from", expected + f" ({c} is not one)", valid_from)
+    return History(tuple(names))

@@ -1,10 +1,11 @@
-"""``loader``: a thin CLI over the library (``loader run | reload | rebuild | status | shell``).
+"""``loader``: a thin CLI over the library (``loader run | reload | rebuild | status | shell | asof``).
 
 Each command parses, calls one library function, and turns known errors into
 one line on stderr (duckstage.command: exit 2 for a person's mistake, 1 for work
 that did not finish). SIGTERM and SIGINT only set the stop event.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -78,14 +79,30 @@ def _progress(total, label):
     return bar, advance
 
 
-def _open(config, stop):
+def _open(config, stop, read_only=False):
     from .load import wait_open
     from .warehouse import Warehouse
 
     def waiting(exc, delay, attempts):
         say(f"database busy, retry {attempts} in {delay:g}s: {one_line(exc)}")
 
-    return wait_open(Warehouse(config.loader.database), config.loader, stop, waiting)
+    return wait_open(Warehouse(config.loader.database, read_only=read_only), config.loader, stop, waiting)
+
+
+@contextlib.contextmanager
+def _opened(config, stop, read_only=False):
+    """The warehouse, waited for and closed after; a LoaderError is the person's mistake (exit 2),
+    a database that stays busy unfinished work (exit 1)."""
+    try:
+        wh = _open(config, stop, read_only)
+        try:
+            yield wh
+        finally:
+            wh.close()
+    except LoaderError as exc:
+        raise UserError(str(exc)) from None
+    except DatabaseBusy as exc:
+        raise Unfinished(str(exc)) from None
 
 
 def _summary(out):
@@ -118,17 +135,12 @@ def reload(paths, force):
     stop = on_signals(threading.Event())
     try:
         groups = resolve_paths(config, paths)
-        wh = _open(config, stop)
-        bar, advance = _progress(sum(len(p) for p in groups.values()), "reload")
-        try:
-            with bar:
-                out = reload_files(wh, config, groups, force=force, progress=advance, stop=stop)
-        finally:
-            wh.close()
     except LoaderError as exc:
         raise UserError(str(exc)) from None
-    except DatabaseBusy as exc:
-        raise Unfinished(str(exc)) from None
+    with _opened(config, stop) as wh:
+        bar, advance = _progress(sum(len(p) for p in groups.values()), "reload")
+        with bar:
+            out = reload_files(wh, config, groups, force=force, progress=advance, stop=stop)
     _summary(out)
     if out.stopped:
         raise Unfinished("stopped; the remaining files were not reloaded")
@@ -213,3 +225,41 @@ def shell(args):
     argv = shell_command(database, cli) + list(args)
     sys.stdout.flush()
     os.execv(argv[0], argv)
+
+
+@main.command()
+@click.argument("table")
+@click.argument("day", metavar="DATE")
+@click.option("--where", metavar="SQL", help="a condition on the rows, e.g. \"ts_code = '600000.SH'\"")
+@click.option("--output", metavar="FILE", help="write every row to FILE.parquet or FILE.csv instead of printing")
+def asof(table, day, where, output):
+    """What was known on DATE: per key, the newest version of TABLE public on or before it.
+
+    TABLE keeps history in datasets.yaml (statements dated by announcement,
+    stock_basic by fetch); DATE is YYYY-MM-DD or YYYYMMDD. The same as SQL:
+    SELECT * FROM income_asof(DATE '2024-04-30'). Runs while `loader run`
+    writes a DuckLake; a DuckDB file opens once the loader releases it (it waits).
+
+    Example: loader asof income 2024-04-30 --where "ts_code = '600000.SH'" --output income.parquet
+    """
+    from . import asof as history
+
+    config = load("loader")
+    try:
+        dataset = history.history_dataset(config.datasets, table)
+        when = history.parse_day(day)
+        if output is not None:
+            history.output_format(output)
+    except LoaderError as exc:
+        raise UserError(str(exc)) from None
+    database = config.loader.database
+    if not database.is_lake and not database.path.exists():
+        raise UserError(f"loader.database: {database} does not exist yet; run the loader first")
+    with _opened(config, on_signals(threading.Event()), read_only=True) as wh:
+        rows, shown = history.asof(wh.con, dataset, when, where, output)
+        if output is not None:
+            click.echo(f"{rows:,} row(s) of {table} as known on {when} written to {output}")
+            return
+        shown.show(max_width=shutil.get_terminal_size((200, 24)).columns)
+    more = f"; the first {history.SHOWN} shown, --output FILE.parquet exports them all" if rows > history.SHOWN else ""
+    click.echo(f"{rows:,} row(s) of {table} as known on {when}{more}")

@@ -4,8 +4,8 @@ Every commit to a DuckLake adds data files (and, for updated rows, delete
 files), and no file is ever removed by itself. Every
 ``loader.maintenance_interval`` seconds the loader, between two load steps:
 
-1. per table, under that task type's writer lock (so it never races a load;
-   the manifest under all of them):
+1. per table (and its history), under that task type's writer lock (so it
+   never races a load; the manifest under all of them):
    ``ducklake_flush_inlined_data``, ``ducklake_merge_adjacent_files`` and
    ``ducklake_rewrite_data_files`` — the current snapshot then reads a few
    files per table, however many commits made it;
@@ -23,6 +23,7 @@ import time
 
 import duckdb
 
+from duckstage.datasets import HISTORY_SUFFIX
 from duckstage.exceptions import one_line
 from duckstage.staging import utcnow
 
@@ -58,9 +59,12 @@ class Upkeep:
             warehouse.open()
             present = set(lake.file_counts(warehouse.con))
             for task_type in task_types:
-                if task_type in present:
+                # A task type's history is written in its transactions, under its lock: compacted with it.
+                tables = [t for t in (task_type, task_type + HISTORY_SUFFIX) if t in present]
+                if tables:
                     with warehouse.writing(task_type):
-                        lake.compact(warehouse.con, task_type)
+                        for table in tables:
+                            lake.compact(warehouse.con, table)
             # Every task type's commit writes manifest rows: compact it holding all their locks
             # (in one order, so two loaders doing this never wait for each other).
             with contextlib.ExitStack() as held:

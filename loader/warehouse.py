@@ -21,6 +21,7 @@ loaded. Facts this module is written around (DuckDB 2.0.1 and 1.5.5, measured):
 """
 
 import contextlib
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -45,6 +46,15 @@ _FILE = LOADER_PREFIX + "file"      # read_parquet's filename column
 _ORD = LOADER_PREFIX + "ord"        # position of the file in the batch, from 1
 _ROW = LOADER_PREFIX + "row"        # row number in its file, from 0
 _RANK = LOADER_PREFIX + "rank"
+
+# The history of a dataset with ``history`` (datasets.yaml): <table>_history holds
+# every distinct version with the day it became public and when it was loaded;
+# <table>_asof(DATE) and the view <table>_timeline read it.
+VALID_FROM = "_valid_from"
+VALID_TO = "_valid_to"    # the timeline view's: the day the next version took over
+LOADED_AT = "_loaded_at"
+ASOF_SUFFIX = "_asof"
+TIMELINE_SUFFIX = "_timeline"
 
 # How a MERGE treats a key the table already holds.
 LOAD = "load"      # update when the incoming version is >= the stored one
@@ -97,9 +107,10 @@ class Warehouse:
     writes a task type's table or manifest rows (``loader.lake.WriterLock``).
     """
 
-    def __init__(self, database, connect=duckdb.connect):
+    def __init__(self, database, connect=duckdb.connect, read_only=False):
         self.database = database
         self._connect = connect
+        self.read_only = read_only  # for readers (``loader asof``): nothing is created
         self.con = None
         self.lock = lake.WriterLock(database)
         self.on_lock_wait = None  # called with the task type when its writer lock is taken by another
@@ -112,7 +123,9 @@ class Warehouse:
         if self.con is not None:
             return self
         try:
-            self.con = lake.connect(self.database, connect=self._connect)
+            self.con = lake.connect(self.database, read_only=self.read_only, connect=self._connect)
+            if self.read_only:
+                return self
             key = "" if self.database.is_lake else " PRIMARY KEY"  # DuckLake has none: see writing()
             self.con.execute(
                 f"CREATE TABLE IF NOT EXISTS {MANIFEST} ("
@@ -186,6 +199,8 @@ class Warehouse:
         self.con.execute(f"ALTER TABLE {q(table)} ADD COLUMN {q(name)} {type_}")
 
     def drop_task_type(self, task_type):
+        """Drop the table and its manifest rows. Its history stays: it may hold versions of files
+        archive retention has removed, and a replay adds only the versions it lacks."""
         self.con.execute(f"DROP TABLE IF EXISTS {q(task_type)}")
         self.con.execute(f"DELETE FROM {MANIFEST} WHERE task_type = ?", [task_type])
 
@@ -265,6 +280,8 @@ class Warehouse:
             f" SELECT *, list_position($paths, {_FILE}) AS {_ORD} FROM read_parquet($paths,"
             f" union_by_name = true, filename = '{_FILE}', file_row_number = true))",
             {"paths": paths})
+        if dataset.history is not None:
+            self.keep_versions(dataset, cols, table_columns)  # before the source keeps one row per key
         # One row per key: newest version first, then the later file, then the later row.
         # Done as a DELETE only when there are duplicates: a MERGE from a source that
         # went through a window ordered by these tie-breakers measured ~15x slower.
@@ -304,6 +321,110 @@ class Warehouse:
         names = [f.name for f in files]
         return Merged({names[o - 1]: i for o, i, _, _ in counts}, {names[o - 1]: u for o, _, u, _ in counts},
                       sum(n for *_, n in counts))
+
+
+    # -- the history ------------------------------------------------------------
+
+    def keep_versions(self, dataset, cols, table_columns, now=None):
+        """Add to the dataset's history the versions of the MERGE source it lacks.
+
+        Called with every row of the batch, before the source keeps one row per
+        key, so that each distinct version counts, not only the newest. A
+        version is the declared columns and ``_valid_from``: one equal to a
+        stored version (IS NOT DISTINCT FROM: columns may be NULL) is not
+        stored again, so a replay, a reload (forced or not), a rebuild or a load
+        after a kill adds nothing. Of equal versions in one batch the first in
+        seal order is kept. ``cols`` are the source's columns.
+        """
+        history = dataset.history_table
+        stored = self._history_table(dataset, table_columns, now)
+        declared = [c.name for c in dataset.columns if c.name in stored]
+        pk = set(dataset.primary_key)
+        same = [f"h.{q(c)} = s.{q(c)}" if c in pk else f"h.{q(c)} IS NOT DISTINCT FROM s.{q(c)}" if c in cols
+                else f"h.{q(c)} IS NULL" for c in declared] + [f"h.{VALID_FROM} = s.{VALID_FROM}"]
+        version = ", ".join([f"s.{q(c)}" for c in declared if c in cols] + [f"s.{VALID_FROM}"])
+        valid_from = dataset.history.valid_from_sql(lambda c: q(c) if c in cols else "NULL")
+        keys = ", ".join(q(c) for c in dataset.primary_key)
+        # The anti-join builds its hash table on the history side: narrowed first to the batch's
+        # keys (a semi join that hashes the keys only), it measured ~5x faster on a 648k-row history.
+        stored_versions = (f"(SELECT * FROM {q(history)} SEMI JOIN (SELECT DISTINCT {keys} FROM {SOURCE})"
+                           f" USING ({keys}))")
+        self.con.execute(
+            f"INSERT INTO {q(history)} ({', '.join(q(c) for c in cols)}, {VALID_FROM}, {LOADED_AT})"
+            f" SELECT {', '.join('s.' + q(c) for c in cols)}, s.{VALID_FROM}, $now"
+            f" FROM (SELECT *, {valid_from} AS {VALID_FROM} FROM {SOURCE}) AS s"
+            f" WHERE NOT EXISTS (SELECT 1 FROM {stored_versions} AS h WHERE {' AND '.join(same)})"
+            f" QUALIFY row_number() OVER (PARTITION BY {version} ORDER BY s.{_ORD}, s.{_ROW}) = 1",
+            {"now": (now or utcnow()).replace(tzinfo=None)})
+
+    def _history_table(self, dataset, table_columns, now=None):
+        """Create or widen ``<table>_history`` to the table's columns; keep its as-of macro and view
+        current. Returns the history's column names."""
+        history, table = dataset.history_table, dataset.name
+        stored = self.table_columns(history)
+        if stored is None:
+            cols = [f"{q(c)} {t}" + (" NOT NULL" if c in dataset.primary_key else "") for c, t in table_columns.items()]
+            self.con.execute(f"CREATE TABLE {q(history)} ({', '.join(cols)},"
+                             f" {VALID_FROM} DATE NOT NULL, {LOADED_AT} TIMESTAMP NOT NULL)")
+            # A table loaded before it kept history: its rows are the versions known so far.
+            names = ", ".join(q(c) for c in table_columns)
+            self.con.execute(
+                f"INSERT INTO {q(history)} ({names}, {VALID_FROM}, {LOADED_AT}) SELECT {names},"
+                f" {dataset.history.valid_from_sql(lambda c: q(c) if c in table_columns else 'NULL')}, $now"
+                f" FROM {q(table)}",
+                {"now": (now or utcnow()).replace(tzinfo=None)})
+            stored = dict(table_columns)
+        for name, type_ in table_columns.items():
+            if name not in stored:
+                self.add_column(history, name, type_)
+                stored[name] = type_
+        self._define_asof(dataset)
+        return stored
+
+    def _define_asof(self, dataset):
+        """(Re)create ``<table>_asof`` and ``<table>_timeline`` when the dataset's key or version
+        order changed; the view's comment carries the fingerprint of both definitions."""
+        macro, view = asof_macro_sql(dataset), timeline_view_sql(dataset)
+        mark = (f"each version of {dataset.name} with {VALID_TO}, the day the next one took over;"
+                f" duckstage {hashlib.sha1((macro + view).encode()).hexdigest()[:12]}")
+        found = self.con.execute(
+            "SELECT comment FROM duckdb_views() WHERE database_name = current_database() AND schema_name = 'main'"
+            " AND view_name = ?", [dataset.name + TIMELINE_SUFFIX]).fetchall()
+        if found and found[0][0] == mark:
+            return
+        self.con.execute(macro)
+        self.con.execute(view)
+        self.con.execute(f"COMMENT ON VIEW {q(dataset.name + TIMELINE_SUFFIX)} IS '{mark}'")
+
+
+def _version_order(dataset, descending):
+    """ORDER BY terms that rank a key's versions: public later, then newer by the version order,
+    then loaded later; the first term is the newest when ``descending``."""
+    way, nulls = ("DESC", "NULLS LAST") if descending else ("ASC", "NULLS FIRST")
+    return ", ".join([f"{VALID_FROM} {way}"] + [f"{q(c)} {way} {nulls}" for c in dataset.version_order]
+                     + [f"{LOADED_AT} {way}"])
+
+
+def asof_select(dataset, day):
+    """SQL: per key, the newest version of the dataset's history public on or before ``day`` (SQL)."""
+    keys = ", ".join(q(c) for c in dataset.primary_key)
+    return (f"SELECT * FROM {q(dataset.history_table)} WHERE {VALID_FROM} <= CAST({day} AS DATE)"
+            f" QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {_version_order(dataset, True)}) = 1")
+
+
+def asof_macro_sql(dataset):
+    """``<table>_asof(DATE)``: a table macro; its body binds in the caller's current catalog."""
+    return f"CREATE OR REPLACE MACRO {q(dataset.name + ASOF_SUFFIX)}(as_of) AS TABLE {asof_select(dataset, 'as_of')}"
+
+
+def timeline_view_sql(dataset):
+    """``<table>_timeline``: the history with ``_valid_to`` (NULL: still in effect). A version in
+    effect on day d has _valid_from <= d < _valid_to; one outranked on its own first day has
+    _valid_to = _valid_from. A view binds in its own catalog, so it works under any alias."""
+    keys = ", ".join(q(c) for c in dataset.primary_key)
+    return (f"CREATE OR REPLACE VIEW {q(dataset.name + TIMELINE_SUFFIX)} AS SELECT *, lead({VALID_FROM}) OVER"
+            f" (PARTITION BY {keys} ORDER BY {_version_order(dataset, False)}) AS {VALID_TO}"
+            f" FROM {q(dataset.history_table)}")
 
 
 def manifest_totals(con):

@@ -84,24 +84,32 @@ class Buffer:
 def dedup(table, dataset):
     """Keep one row per primary key: the newest by the version order, then the last appended.
 
+    A dataset with history keeps one row per distinct version instead (same key,
+    declared columns and ``_valid_from``): its history needs every version a
+    fetch returned, and a restated report comes with its original. The loader
+    keeps the newest per key in the current table. NULLs compare equal here.
     Returns (table, superseded rows). Order of the kept rows is preserved.
     """
     n = table.num_rows
     if n < 2:
         return table, 0
-    pk = list(dataset.primary_key)
+    group = list(dataset.primary_key)
     work = table.append_column("__row", pa.array(range(n), pa.int64()))
-    keys = [(c, "ascending", "at_end") for c in pk]
+    if dataset.history is not None:
+        group += [c.name for c in dataset.columns if c.name not in group and c.name in table.column_names]
+        work = work.append_column("__valid_from", dataset.history.valid_from_arrow(table))
+        group.append("__valid_from")
+    keys = [(c, "ascending", "at_end") for c in group]
     keys += [(c, "descending", "at_end") for c in dataset.version_order]
     keys.append(("__row", "descending", "at_end"))
     order = pc.sort_indices(work, sort_keys=keys)
-    sorted_pk = work.select(pk).take(order)
-    first = None
-    for c in pk:
-        col = sorted_pk.column(c).combine_chunks()
+    sorted_group = work.select(group).take(order)
+    first = pa.array([True] + [False] * (n - 1))
+    for c in group:
+        col = sorted_group.column(c).combine_chunks()
         prev = pa.concat_arrays([pa.nulls(1, col.type), col.slice(0, n - 1)])
-        changed = pc.fill_null(pc.not_equal(col, prev), True)
-        first = changed if first is None else pc.or_(first, changed)
+        same = pc.or_kleene(pc.fill_null(pc.equal(col, prev), False), pc.and_(pc.is_null(col), pc.is_null(prev)))
+        first = pc.or_(first, pc.invert(same))
     if pc.all(first).as_py():
         return table, 0
     kept_rows = pc.sort_indices(pc.filter(order, first))

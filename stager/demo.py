@@ -258,12 +258,13 @@ def _summary(console, config, run, before, elapsed, children):
     for name, r in run.rows.items():
         table.add_row(name, *(f"{r[field]:,}" for _, field in COLUMNS), f"{after.get(name, (0, 0))[0]:,}")
     console.print(table)
-    console.print("enqueued = committed + superseded (the same key again in one file, the newest kept) "
-                  "+ dead-lettered")
+    console.print("enqueued = committed + superseded (the same key again in one file, the newest kept; "
+                  "for tables with history the same version) + dead-lettered")
     for reason, n in run.unaccounted().items():
         console.print(f"  {'+' if n > 0 else '-'} {abs(n):,} rows {reason}")
     console.print("warehouse rows are distinct keys: re-fetches, qfq re-anchoring and restated reports "
-                  "merge into one row per key")
+                  "merge into one row per key; the statements' and stock_basic's *_history tables keep "
+                  "every version, for as-of queries")
     produced = run.total("enqueued")
     console.print(f"end to end: {produced:,} rows enqueued and committed in {elapsed:.1f} s, "
                   f"{produced / elapsed:,.0f} rows/s (the producer generates while the pipeline runs)")
@@ -290,15 +291,50 @@ def _shown(path):
 def _duckdb_commands(config):
     cli = _shown(shutil.which("duckdb", path=os.path.dirname(sys.executable)) or "duckdb")
     db = _shown(config.loader.database)
-    return [
+    commands = [
         f'{cli} -readonly {db} -c "select ts_code, trade_date, close, pct_chg from stock_daily '
         'order by trade_date desc, pct_chg desc limit 5"',
         f'{cli} -readonly {db} -c "select ts_code, end_date, update_flag, n_income_attr_p from income '
         'order by end_date desc limit 5"',
+    ]
+    day, restated = _as_of_day(config)
+    if restated:  # what was known the day before a restatement, against what the table holds now
+        commands.append(
+            f'{cli} -readonly {db} -c "select a.ts_code, a.end_date, a.f_ann_date as known_from, a.n_income_attr_p '
+            f'as known, c.f_ann_date as restated_on, c.n_income_attr_p as restated from income_asof(DATE \'{day}\') a '
+            'join income c using (ts_code, end_date, report_type) where a.n_income_attr_p <> c.n_income_attr_p"')
+    elif day is not None:
+        commands.append(
+            f'{cli} -readonly {db} -c "select ts_code, end_date, f_ann_date, n_income_attr_p '
+            f'from income_asof(DATE \'{day}\') order by f_ann_date desc limit 5"')
+    return commands + [
         f'{cli} -c "from \'{_shown(config.archive_dir)}/stock_daily/*/*.parquet\' limit 5"',
         f'{cli} -c "select task_type, reason, count(*) from '
         f'read_json_auto(\'{_shown(config.deadletter_dir)}/*/*.jsonl\') group by all"',
     ]
+
+
+def _as_of_day(config):
+    """(day, True): the day before the latest restatement that changed an income figure, so that
+    income_asof answers differently from the income table for it; else (the latest announcement,
+    False); (None, False) when the warehouse keeps no income history."""
+    import duckdb
+
+    if not config.loader.database.path.exists():
+        return None, False
+    con = duckdb.connect(str(config.loader.database), read_only=True)
+    try:
+        if not con.execute("select count(*) from information_schema.tables where table_name = 'income_history'"
+                           ).fetchone()[0]:
+            return None, False
+        day = con.execute("select max(restated_on) - 1 from (select max(_valid_from) as restated_on"
+                          " from income_history group by ts_code, end_date, report_type"
+                          " having count(distinct n_income_attr_p) > 1)").fetchone()[0]
+        if day is not None:
+            return day, True
+        return con.execute("select max(_valid_from) from income_history").fetchone()[0], False
+    finally:
+        con.close()
 
 
 def _table_rows(config):
