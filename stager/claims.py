@@ -22,6 +22,12 @@ class Claims:
     def __init__(self, source, stats):
         self.source = source  # a QueueSource or a ResultSource (stager.sources)
         self.stats = stats
+        # True while claims come back full, two in a row: at least two leases' worth of work
+        # waited, and buffers grow past batch_size (stager.buffer). One full claim alone may
+        # have taken all there was. A claim that comes back short ends it. Plain attributes:
+        # each claim overwrites them, whichever worker made it.
+        self.backlog = False
+        self._last_full = False
         self._recover_lock = threading.Lock()
         self._recovered = False
 
@@ -38,7 +44,10 @@ class Claims:
     def claim(self):
         """The next lease batch of claims (empty: no work)."""
         self.recover()
-        return self.source.claim_many()
+        claims = self.source.claim_many()
+        full = len(claims) >= self.source.LEASE_BATCH
+        self.backlog, self._last_full = full and self._last_full, full
+        return claims
 
     def ack(self, tokens):
         # Sealed but not acknowledged if this gives up: the tasks run again after a

@@ -148,7 +148,7 @@ class Intake:
                     outcome.done.append(claim.token)  # every row dead-lettered (fsynced) or filtered
                     continue
                 buffer.append(rows, [claim.token], [result.task_id], now)
-                if not seal_failed and buffer.full(settings):
+                if not seal_failed and buffer.full(settings, self.claims.backlog):
                     try:
                         self.sealer.seal(buffer)
                     except ResourceError as exc:
