@@ -10,7 +10,9 @@
    into tasks of exactly 1000 rows rather than one fetch per trade date, so
    every task has the size the goal is stated for. Every key (ts_code,
    trade_date) is new: an initial load into an empty warehouse.
-2. Starts ``stager run`` and ``loader run`` as subprocesses and times from
+2. Starts ``stager run`` and ``loader run`` as subprocesses, on
+   config/duckstage.yaml as shipped (its data in a temporary folder;
+   ``--batch-size`` and ``--workers`` override), and times from
    their start to the moment every row is committed: a sealed file is
    archived only after the transaction that merged it has committed, so the
    rows of the archived files' footers are the committed rows. Both
@@ -89,6 +91,26 @@ class Committed:
         return self.rows
 
 
+def write_config(work, batch_size=None, workers=None, loader=None):
+    """config/duckstage.yaml as shipped, with its data in ``work``/data; (path, configuration).
+
+    ``batch_size`` and ``workers`` override the stager's values, ``loader`` the
+    loader section (a DuckLake, say), when given.
+    """
+    body = yaml.safe_load((REPO / "config" / "duckstage.yaml").read_text())
+    body.update({"data_dir": str(Path(work) / "data"), "datasets": str(REPO / "config" / "datasets.yaml")})
+    if batch_size is not None:
+        body["stager"]["batch_size"] = batch_size
+    if workers is not None:
+        body["stager"]["worker_threads"] = workers
+    if loader:
+        body["loader"] = loader
+    config_path = Path(work) / "duckstage.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(body))
+    return config_path, load_config(config_path)
+
+
 def run_duckstage(config_path, config, total, work):
     stager = Child("stager", config_path, work, cwd=work)
     loader = Child("loader", config_path, work, cwd=work)
@@ -157,23 +179,18 @@ def main():
     ap.add_argument("--task-rows", type=int, default=1000, help="rows per task (default 1000)")
     ap.add_argument("--baseline-batches", type=int, default=5,
                     help="1000-row batches timed for the executemany baseline (default 5; ~2 s each)")
-    ap.add_argument("--batch-size", type=int, default=100_000, help="stager.batch_size: rows per staged file")
-    ap.add_argument("--workers", type=int, default=4, help="stager.worker_threads")
+    ap.add_argument("--batch-size", type=int, help="stager.batch_size (default: config/duckstage.yaml's)")
+    ap.add_argument("--workers", type=int, help="stager.worker_threads (default: config/duckstage.yaml's)")
     ap.add_argument("--keep", action="store_true", help="keep the data folder and print where it is")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_e2e-"))
     try:
-        config_path = work / "duckstage.yaml"
-        config_path.write_text(yaml.safe_dump({
-            "data_dir": str(work / "data"), "datasets": str(REPO / "config" / "datasets.yaml"),
-            "log_level": "WARNING",
-            # batch_timeout 1 s: the last, partly filled file is sealed within a
-            # second instead of the default 30 s, which would dominate a short run.
-            "stager": {"batch_size": args.batch_size, "worker_threads": args.workers, "batch_timeout": 1}}))
-        config = load_config(config_path)
+        config_path, config = write_config(work, args.batch_size, args.workers)
+        batch = config.stager.batch
         print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-              f"duckdb {duckdb.__version__}; stager batch_size {args.batch_size:,}, {args.workers} workers")
+              f"duckdb {duckdb.__version__}; config/duckstage.yaml: stager batch_size {batch.batch_size:,},"
+              f" batch_max_rows {batch.batch_max_rows:,}, {config.stager.worker_threads} workers")
 
         huey, enqueue = build_huey(config)
         started = time.perf_counter()
