@@ -28,6 +28,7 @@ class Claims:
         # each claim overwrites them, whichever worker made it.
         self.backlog = False
         self._last_full = False
+        self._mine = threading.local()  # the backlog as the calling thread's last claim found it
         self._recover_lock = threading.Lock()
         self._recovered = False
 
@@ -46,8 +47,17 @@ class Claims:
         self.recover()
         claims = self.source.claim_many()
         full = len(claims) >= self.source.LEASE_BATCH
-        self.backlog, self._last_full = full and self._last_full, full
+        backlog = full and self._last_full
+        self.backlog, self._last_full, self._mine.backlog = backlog, full, backlog
         return claims
+
+    def claimed_in_backlog(self):
+        """True if this thread's last claim was made under a backlog.
+
+        Its tasks are still being staged when another worker's short claim ends
+        the backlog; judged by the end, each of them would be sealed alone.
+        """
+        return getattr(self._mine, "backlog", False)
 
     def ack(self, tokens):
         # Sealed but not acknowledged if this gives up: the tasks run again after a
