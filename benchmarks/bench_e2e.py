@@ -91,18 +91,17 @@ class Committed:
         return self.rows
 
 
-def write_config(work, batch_size=None, workers=None, loader=None):
+def write_config(work, batch_size=None, workers=None, loader=None, batch_max_rows=None):
     """config/duckstage.yaml as shipped, with its data in ``work``/data; (path, configuration).
 
-    ``batch_size`` and ``workers`` override the stager's values, ``loader`` the
-    loader section (a DuckLake, say), when given.
+    ``batch_size``, ``workers`` and ``batch_max_rows`` override the stager's
+    values, ``loader`` the loader section (a DuckLake, say), when given.
     """
     body = yaml.safe_load((REPO / "config" / "duckstage.yaml").read_text())
     body.update({"data_dir": str(Path(work) / "data"), "datasets": str(REPO / "config" / "datasets.yaml")})
-    if batch_size is not None:
-        body["stager"]["batch_size"] = batch_size
-    if workers is not None:
-        body["stager"]["worker_threads"] = workers
+    for key, value in (("batch_size", batch_size), ("worker_threads", workers), ("batch_max_rows", batch_max_rows)):
+        if value is not None:
+            body["stager"][key] = value
     if loader:
         body["loader"] = loader
     config_path = Path(work) / "duckstage.yaml"
@@ -181,12 +180,14 @@ def main():
                     help="1000-row batches timed for the executemany baseline (default 5; ~2 s each)")
     ap.add_argument("--batch-size", type=int, help="stager.batch_size (default: config/duckstage.yaml's)")
     ap.add_argument("--workers", type=int, help="stager.worker_threads (default: config/duckstage.yaml's)")
+    ap.add_argument("--batch-max-rows", type=int,
+                    help="stager.batch_max_rows (default: config/duckstage.yaml's; 1000 rotates as before it existed)")
     ap.add_argument("--keep", action="store_true", help="keep the data folder and print where it is")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_e2e-"))
     try:
-        config_path, config = write_config(work, args.batch_size, args.workers)
+        config_path, config = write_config(work, args.batch_size, args.workers, batch_max_rows=args.batch_max_rows)
         batch = config.stager.batch
         print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
               f"duckdb {duckdb.__version__}; config/duckstage.yaml: stager batch_size {batch.batch_size:,},"

@@ -48,6 +48,7 @@ def test_a_backlog_grows_files_to_batch_max_rows(make_config, producer):
     while stager.stage_next(now=0.0):
         pass
     # The first full lease alone proves nothing (it may have taken all there was): batch_size.
+    # A full lease of 3,200 rows is a backlog of more than a file (batch_size 1,000).
     # From the second one on, files grow to batch_max_rows (13 tasks of 400 rows); the short
     # lease ends the backlog: what was held is sealed with its first task, the rest at batch_size.
     assert file_rows(config) == [1200, 1200, 5200, 5200, 3600, 1200]
@@ -65,6 +66,17 @@ def test_a_quiet_queue_keeps_batch_size(make_config, producer):
         stager.stage_next(now=0.0)
         assert file_rows(config) == [1200] * (round_ + 1)  # sealed in the step that staged it
     assert stager.buffers["stock_daily"].rows == 0
+
+
+def test_a_backlog_of_tiny_tasks_is_no_backlog_of_rows_and_keeps_batch_size(make_config, producer):
+    # 48 tasks of 10 rows wait: full leases, but of 80 rows, less than a file (batch_size 100).
+    # Growing the files would only hold the rows back (a daily update: one small task per stock).
+    _, config = make_config(stager={"batch_size": 100, "batch_max_rows": 5000, "batch_timeout": 300})
+    enqueue_tasks(producer(config), 48, task_rows=10)
+    stager = started(config)
+    while stager.stage_next(now=0.0):
+        pass
+    assert file_rows(config) == [100] * 4 and stager.buffers["stock_daily"].rows == 80
 
 
 def test_the_end_of_a_backlog_seals_what_it_held_without_waiting_for_the_age(make_config, producer):
