@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: demo test soak bench clean
+.PHONY: demo test soak bench bench-backfill clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(VENV)/.installed  ## print throughput and memory figures (DuckDB file a
 	$(PY) benchmarks/bench_e2e.py
 	$(PY) benchmarks/bench_lake.py
 	$(PY) benchmarks/bench_history.py
+	$(PY) benchmarks/bench_latency.py
+
+bench-backfill: $(VENV)/.installed  ## the whole market's history, enqueue to committed, against the seed design and dlt; BACKFILL_ARGS="--years 2" for a quick run
+	$(PY) benchmarks/bench_backfill.py $(BACKFILL_ARGS)
 
 clean:
 	rm -rf $(VENV) data/huey.db* data/staging data/archive data/quarantine data/deadletter data/run data/warehouse.duckdb*

@@ -10,7 +10,9 @@
    into tasks of exactly 1000 rows rather than one fetch per trade date, so
    every task has the size the goal is stated for. Every key (ts_code,
    trade_date) is new: an initial load into an empty warehouse.
-2. Starts ``stager run`` and ``loader run`` as subprocesses and times from
+2. Starts ``stager run`` and ``loader run`` as subprocesses, on
+   config/duckstage.yaml as shipped (its data in a temporary folder;
+   ``--batch-size`` and ``--workers`` override), and times from
    their start to the moment every row is committed: a sealed file is
    archived only after the transaction that merged it has committed, so the
    rows of the archived files' footers are the committed rows. Both
@@ -90,20 +92,21 @@ class Committed:
         return self.rows
 
 
-def write_config(work, batch_size, workers, loader=None):
-    """``work``/duckstage.yaml with its data in ``work``/data, and the configuration it makes.
+def write_config(work, batch_size=None, workers=None, loader=None, batch_max_rows=None):
+    """config/duckstage.yaml as shipped, with its data in ``work``/data; (path, configuration).
 
-    ``loader``: the loader section, when not the defaults (a DuckLake, say).
+    ``batch_size``, ``workers`` and ``batch_max_rows`` override the stager's
+    values, ``loader`` the loader section (a DuckLake, say), when given.
     """
-    config_path = Path(work) / "duckstage.yaml"
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"data_dir": str(Path(work) / "data"), "datasets": str(REPO / "config" / "datasets.yaml"),
-            "log_level": "WARNING",
-            # batch_timeout 1 s: the last, partly filled file is sealed within a
-            # second instead of the default 30 s, which would dominate a short run.
-            "stager": {"batch_size": batch_size, "worker_threads": workers, "batch_timeout": 1}}
+    body = yaml.safe_load((REPO / "config" / "duckstage.yaml").read_text())
+    body.update({"data_dir": str(Path(work) / "data"), "datasets": str(REPO / "config" / "datasets.yaml")})
+    for key, value in (("batch_size", batch_size), ("worker_threads", workers), ("batch_max_rows", batch_max_rows)):
+        if value is not None:
+            body["stager"][key] = value
     if loader:
         body["loader"] = loader
+    config_path = Path(work) / "duckstage.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(body))
     return config_path, load_config(config_path)
 
@@ -197,16 +200,20 @@ def main():
     ap.add_argument("--task-rows", type=int, default=1000, help="rows per task (default 1000)")
     ap.add_argument("--baseline-batches", type=int, default=5,
                     help="1000-row batches timed for the executemany baseline (default 5; ~2 s each)")
-    ap.add_argument("--batch-size", type=int, default=100_000, help="stager.batch_size: rows per staged file")
-    ap.add_argument("--workers", type=int, default=4, help="stager.worker_threads")
+    ap.add_argument("--batch-size", type=int, help="stager.batch_size (default: config/duckstage.yaml's)")
+    ap.add_argument("--workers", type=int, help="stager.worker_threads (default: config/duckstage.yaml's)")
+    ap.add_argument("--batch-max-rows", type=int,
+                    help="stager.batch_max_rows (default: config/duckstage.yaml's; 1000 rotates as before it existed)")
     ap.add_argument("--keep", action="store_true", help="keep the data folder and print where it is")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_e2e-"))
     try:
-        config_path, config = write_config(work, args.batch_size, args.workers)
+        config_path, config = write_config(work, args.batch_size, args.workers, batch_max_rows=args.batch_max_rows)
+        batch = config.stager.batch
         print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-              f"duckdb {duckdb.__version__}; stager batch_size {args.batch_size:,}, {args.workers} workers")
+              f"duckdb {duckdb.__version__}; config/duckstage.yaml: stager batch_size {batch.batch_size:,},"
+              f" batch_max_rows {batch.batch_max_rows:,}, {config.stager.worker_threads} workers")
         total, sample = enqueue_rows(config, args.rows, args.task_rows, args.baseline_batches)
 
         elapsed, sealed_at, stager_peak, loader_peak = run_duckstage(config_path, config, total, work)

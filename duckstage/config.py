@@ -131,6 +131,8 @@ BACKEND_KEYS = {"sqlite": ("path", "fsync"), "redis": ("url", "lease_timeout")}
 BATCH_KEYS = {
     "batch_size": Key(1000, int, "a positive number of rows", lambda v: v > 0, True,
                       "rows that rotate a staging file"),
+    "batch_max_rows": Key(100_000, int, "a positive number of rows", lambda v: v > 0, True,
+                          "rows a staging file may grow to while a backlog waits (never below `batch_size`)"),
     "batch_bytes": Key(64 * 2**20, int, "a number of bytes >= 4096", lambda v: v >= 4096, True,
                        "in-memory bytes that rotate a staging file"),
     "batch_timeout": _seconds(30, "seconds: a non-empty buffer is sealed at least this often"),
@@ -168,8 +170,9 @@ SPEC = {
                                          " claims results"),
         "shutdown_timeout": _seconds(60, "seconds for a clean stop", live=False),
         "status_interval": _seconds(1.0, "seconds between status snapshots (`data/run/stager.json`)"),
-        "task_types": Key({}, dict, "a mapping of task type -> {batch_size, batch_bytes, batch_timeout}", live=True,
-                          meaning="per task type `batch_size`, `batch_bytes`, `batch_timeout`"),
+        "task_types": Key({}, dict, "a mapping of task type -> {batch_size, batch_max_rows, batch_bytes, batch_timeout}",
+                          live=True,
+                          meaning="per task type `batch_size`, `batch_max_rows`, `batch_bytes`, `batch_timeout`"),
         **_metrics_keys("`/metrics`, `/healthz`, `/readyz` over HTTP; 0 is off", "address the endpoints listen on"),
     },
     "loader": {
@@ -435,7 +438,7 @@ def _task_type_batches(stager, datasets, datasets_path, source, problems):
                                               task_type))
             continue
         if not isinstance(body, dict):
-            problems.append(ConfigProblem(source, key, "a mapping of batch_size, batch_bytes, batch_timeout", body))
+            problems.append(ConfigProblem(source, key, "a mapping of " + ", ".join(BATCH_KEYS), body))
             continue
         merged = {k: stager[k] for k in BATCH_KEYS}
         for k, v in body.items():

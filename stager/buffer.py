@@ -12,8 +12,16 @@ class Buffer:
     """Cleaned rows of one task type waiting to be sealed, with the tasks they came from.
 
     A buffer holds whole tasks: a task's rows are sealed together, so a task
-    is acknowledged by exactly one seal. A file therefore reaches
-    ``batch_size`` rows and may pass it by less than one task.
+    is acknowledged by exactly one seal. A file therefore reaches its size
+    and may pass it by less than one task.
+
+    Its size adapts to the queue (``backlog``: rows in each of the last two
+    leases, both full; stager.claims). Quiet, a file is sealed at
+    ``batch_size`` rows, as soon as it holds them. Under a backlog of at least
+    ``batch_size`` rows it grows to ``batch_max_rows``: the rows are there
+    already, so a larger file costs them no waiting, and the loader's cost is
+    per file. When the backlog ends, whatever holds ``batch_size`` rows is
+    sealed at once. ``batch_bytes`` and ``batch_timeout`` bound every file alike.
     """
 
     def __init__(self, dataset):
@@ -40,17 +48,21 @@ class Buffer:
             self.rows += table.num_rows
             self.nbytes += table.nbytes
 
-    def due(self, settings, now):
+    def due(self, settings, now, backlog=0):
         """Why this buffer should be sealed now ('rows', 'bytes', 'age'), or None."""
         if not self.rows:
             return None
-        return self.full(settings) or ("age" if now - self.opened_at >= settings.batch_timeout else None)
+        return self.full(settings, backlog) or (
+            "age" if now - self.opened_at >= settings.batch_timeout else None)
 
-    def full(self, settings):
-        """'rows' or 'bytes' when this buffer holds a file's worth, else None."""
-        if self.rows and self.rows >= settings.batch_size:
+    def full(self, settings, backlog=0):
+        """'rows' or 'bytes' when this buffer holds a file's worth, else None (the sizes: class docstring)."""
+        if not self.rows:
+            return None
+        grow = backlog >= settings.batch_size
+        if self.rows >= (max(settings.batch_size, settings.batch_max_rows) if grow else settings.batch_size):
             return "rows"
-        if self.rows and self.nbytes >= settings.batch_bytes:
+        if self.nbytes >= settings.batch_bytes:
             return "bytes"
         return None
 

@@ -24,6 +24,15 @@ class Claims:
         self.stats = stats
         self._recover_lock = threading.Lock()
         self._recovered = False
+        # Rows of the smaller of the last two leases when both came back full (a backlog), else 0.
+        # Buffers of a task type grow past batch_size while this is at least its batch_size:
+        # a file's worth of rows waits, so a bigger file makes none of them wait (stager.buffer).
+        # One full lease alone may have taken all there was; a lease of tiny tasks is no backlog
+        # of rows, and growing files would only hold them back. A short lease ends it. Plain
+        # attributes: each claim overwrites them, whichever worker made it.
+        self.backlog = 0
+        self._last_rows = 0
+        self._mine = threading.local()  # the backlog as the calling thread's last claim found it
 
     def recover(self):
         """Once per start: release the leases of earlier instances, so their tasks run again."""
@@ -38,7 +47,22 @@ class Claims:
     def claim(self):
         """The next lease batch of claims (empty: no work)."""
         self.recover()
-        return self.source.claim_many()
+        claims = self.source.claim_many()
+        rows = sum(c.result.rows for c in claims) if len(claims) >= self.source.LEASE_BATCH else 0
+        # This thread's own last lease counts too: another worker's short lease, taken after
+        # ours but noted first, would otherwise make a lease of the backlog look like the end.
+        backlog = min(rows, max(self._last_rows, getattr(self._mine, "rows", 0)))
+        self.backlog, self._last_rows = backlog, rows
+        self._mine.rows, self._mine.backlog = rows, backlog
+        return claims
+
+    def claimed_in_backlog(self):
+        """The backlog (rows, 0: none) this thread's last claim was made under.
+
+        Its tasks are still being staged when another worker's short claim ends
+        the backlog; judged by the end, each of them would be sealed alone.
+        """
+        return getattr(self._mine, "backlog", 0)
 
     def ack(self, tokens):
         # Sealed but not acknowledged if this gives up: the tasks run again after a

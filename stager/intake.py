@@ -134,6 +134,7 @@ class Intake:
         if dataset.name in self.processors and table.num_rows:
             table, counts = self._process(self.processors[dataset.name], dataset, results, table, counts, refused)
         settings = self.batch_for(dataset.name)
+        backlog = self.claims.claimed_in_backlog()
         offset, seal_failed = 0, False
         with buffer.lock:
             # Task by task, so a file rotates at batch_size however many tasks were cleaned together.
@@ -148,7 +149,7 @@ class Intake:
                     outcome.done.append(claim.token)  # every row dead-lettered (fsynced) or filtered
                     continue
                 buffer.append(rows, [claim.token], [result.task_id], now)
-                if not seal_failed and buffer.full(settings):
+                if not seal_failed and buffer.full(settings, backlog):
                     try:
                         self.sealer.seal(buffer)
                     except ResourceError as exc:

@@ -48,7 +48,10 @@ class Sealer:
         self._seq = 0
 
     def behind(self):
-        """True while sealing fails and a buffer already holds a file's worth of rows."""
+        """True while sealing fails and a buffer already holds a file's worth of rows.
+
+        A quiet queue's file, batch_size: a backlog must not grow a buffer no seal can empty.
+        """
         if self.error is None:
             return False
         return any(b.full(self.batch_for(n)) for n, b in self.buffers.items())
@@ -57,9 +60,9 @@ class Sealer:
         """Seal every buffer that is full or older than its batch_timeout; return files sealed."""
         sealed = 0
         for name, buffer in self.buffers.items():
-            if buffer.due(self.batch_for(name), now):
+            if buffer.due(self.batch_for(name), now, self.claims.backlog):
                 with buffer.lock:
-                    if buffer.due(self.batch_for(name), now):
+                    if buffer.due(self.batch_for(name), now, self.claims.backlog):
                         sealed += self.seal(buffer)
         return sealed
 

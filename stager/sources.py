@@ -97,6 +97,7 @@ class QueueSource:
 class ResultSource:
     kind = "results"
     PAGE = 200
+    LEASE_BATCH = 16  # results claimed at a time
     MAX_FOREIGN_KEYS = 100_000
 
     def __init__(self, huey, instance):
@@ -120,9 +121,9 @@ class ResultSource:
     def keep_alive(self):
         return self.storage.beat(self.instance)
 
-    def claim_many(self, limit=16):
+    def claim_many(self):
         claims = []
-        while len(claims) < limit and (claim := self._claim_one()) is not None:
+        while len(claims) < self.LEASE_BATCH and (claim := self._claim_one()) is not None:
             claims.append(claim)
         return claims
 
