@@ -150,17 +150,7 @@ def test_two_loaders_inserting_the_same_new_keys_at_once_leave_each_key_once(tmp
     from loader.load import load_files
     from loader.warehouse import Warehouse
 
-    database = catalog(kind, tmp_path, request)
-    configs = {host: load_config(host_config(tmp_path, host, database)) for host in ("a", "b")}
-    stager = Stager(random.Random(5))
-    stager.seal(configs["a"], "sa", stager.new_keys(10))  # the table exists before the race
-    wh = Warehouse(configs["a"].loader.database).open()
-    load_files(wh, configs["a"].datasets["stock_daily"], files_in_staging(configs["a"]), configs["a"],
-               settle=lambda p: Path(p).unlink())
-    wh.close()
-    keys = stager.new_keys(500)
-    for host, config in configs.items():
-        stager.seal(config, f"s{host}", keys)
+    configs = the_same_new_keys_on_two_hosts(tmp_path, catalog(kind, tmp_path, request), 500)
     at_commit, go = threading.Event(), threading.Event()
     paused = Warehouse(configs["a"].loader.database,
                        connect=lambda *a, **k: PausedAtCommit(duckdb.connect(*a, **k), at_commit, go)).open()
@@ -197,6 +187,27 @@ def test_two_loaders_inserting_the_same_new_keys_at_once_leave_each_key_once(tmp
             == [(510, 510)]
     finally:
         con.close()
+
+
+def the_same_new_keys_on_two_hosts(tmp_path, database, n):
+    """Two hosts' configurations on ``database``, a table of 10 rows, and one file of the same ``n``
+    new keys sealed on each host: {host: configuration}."""
+    from loader.load import load_files
+    from loader.warehouse import Warehouse
+
+    configs = {host: load_config(host_config(tmp_path, host, database)) for host in ("a", "b")}
+    stager = Stager(random.Random(5))
+    stager.seal(configs["a"], "sa", stager.new_keys(10))  # the table exists before the race
+    wh = Warehouse(configs["a"].loader.database).open()
+    try:
+        load_files(wh, configs["a"].datasets["stock_daily"], files_in_staging(configs["a"]), configs["a"],
+                   settle=lambda p: Path(p).unlink())
+    finally:
+        wh.close()
+    keys = stager.new_keys(n)
+    for host, config in configs.items():
+        stager.seal(config, f"s{host}", keys)
+    return configs
 
 
 def files_in_staging(config):
@@ -301,17 +312,8 @@ def test_a_loader_killed_with_its_commit_on_the_way_does_not_let_the_next_double
     from loader.load import load_files
     from loader.warehouse import Warehouse
 
-    database = "ducklake:postgres:" + postgres_db.conninfo
-    configs = {host: load_config(host_config(tmp_path, host, database)) for host in ("a", "b")}
-    stager = Stager(random.Random(9))
-    stager.seal(configs["a"], "sa", stager.new_keys(10))  # the table exists before the race
-    wh = Warehouse(configs["a"].loader.database).open()
-    load_files(wh, configs["a"].datasets["stock_daily"], files_in_staging(configs["a"]), configs["a"],
-               settle=lambda p: Path(p).unlink())
-    wh.close()
-    keys = stager.new_keys(500)  # only inserts, on both hosts: DuckLake sees no conflict in two of them
-    for host, config in configs.items():
-        stager.seal(config, f"s{host}", keys)
+    # Only inserts, on both hosts: DuckLake sees no conflict between two such transactions.
+    configs = the_same_new_keys_on_two_hosts(tmp_path, "ducklake:postgres:" + postgres_db.conninfo, 500)
     events = {host: (threading.Event(), threading.Event()) for host in configs}  # (at commit, go on)
     warehouses = {host: Warehouse(config.loader.database, connect=lambda *a, host=host, **k: PausedAtCommit(
         duckdb.connect(*a, **k), *events[host])).open() for host, config in configs.items()}
