@@ -21,6 +21,11 @@ its extension packages 1.5.5, measured):
   on a file.
 - A SQLite catalog in rollback-journal mode lets a reader's open transaction
   block the writer's commit; in WAL mode readers never block it.
+- Data inlining is off for the loader's connections: with small inserts kept
+  in the catalog, ``ducklake_flush_inlined_data`` run while another loader
+  commits to other tables leaves some of the flushed rows in the table twice
+  (measured, and duckdb/ducklake#650). Without inlined rows there is nothing
+  to flush; every commit writes Parquet files, which the upkeep merges.
 """
 
 import contextlib
@@ -93,7 +98,8 @@ def load_statements(database):
 
 
 def attach_statement(database, read_only=False):
-    options = [] if read_only else [f"DATA_PATH '{_sql_text(str(database.data_path) + os.sep)}'"]
+    options = [] if read_only else [f"DATA_PATH '{_sql_text(str(database.data_path) + os.sep)}'",
+                                    "DATA_INLINING_ROW_LIMIT 0"]
     if read_only:
         options.append("READ_ONLY")
     suffix = f" ({', '.join(options)})" if options else ""

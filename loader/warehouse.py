@@ -36,6 +36,7 @@ from .exceptions import COLUMN_TYPE, NEW_COLUMN, DatabaseBusy, FileRefused
 log = logging.getLogger(__name__)
 
 MANIFEST = "_duckstage_manifest"
+FENCES = "_duckstage"  # DuckLake only: the schema of the fence tables, fence_<task type> (see Warehouse.fence)
 STORAGE_COMPATIBILITY = lake.STORAGE_COMPATIBILITY
 LOCK_WAIT = 30.0  # seconds a loader waits for a task type's writer lock before it backs off
 
@@ -167,6 +168,28 @@ class Warehouse:
     def begin(self):
         self.con.execute("BEGIN TRANSACTION")
 
+    def fence(self, task_type):
+        """Make this transaction conflict with any other writing ``task_type`` that commits meanwhile.
+
+        The writer lock alone is not enough on a PostgreSQL catalog: a loader
+        killed just after it sent its COMMIT loses the lock at once (its lock
+        session ends) while the catalog session it committed on is still at it,
+        so the next holder may begin from a snapshot without those rows. DuckLake
+        lets two transactions that only insert into a table both commit, and both
+        would insert the same new keys. So every write of a task type also
+        rewrites the one row of its fence table: DuckLake refuses to commit a
+        transaction that writes a table another one deleted from since it began
+        (TransactionException: retried, like any refused commit). A DuckDB file
+        needs none: its primary key refuses a key twice.
+        """
+        if not self.database.is_lake:
+            return
+        table = f"{FENCES}.{q('fence_' + task_type)}"
+        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {FENCES}")
+        self.con.execute(f"CREATE TABLE IF NOT EXISTS {table} (commits BIGINT NOT NULL)")
+        if not self.con.execute(f"UPDATE {table} SET commits = commits + 1").fetchall()[0][0]:
+            self.con.execute(f"INSERT INTO {table} VALUES (1)")  # the first write of this task type
+
     def commit(self):
         self.con.execute("COMMIT")
 
@@ -266,6 +289,7 @@ class Warehouse:
         added; file columns it lacks are left out.
         """
         table, pk = dataset.name, list(dataset.primary_key)
+        self.fence(table)
         cols = []
         for f in files:
             cols += [c for c in f.columns if c in table_columns and c not in cols]

@@ -179,26 +179,33 @@ def injected_bad_rows(batches):
     return counts, by_key
 
 
+def hosts(config):
+    """A configuration, or a list of them (several hosts, each with its own data folder), as a list."""
+    return list(config) if isinstance(config, (list, tuple)) else [config]
+
+
 def deadlettered_rows(config):
-    """Counter of (task type, normalized row) in the dead letter, and the records by that key."""
+    """Counter of (task type, normalized row) in the dead letter(s), and the records by that key."""
     counts, records = Counter(), {}
-    for rec in read_records(config.deadletter_dir):
-        key = (rec["task_type"], _normal(rec["row"]))
-        counts[key] += 1
-        records.setdefault(key, []).append(rec)
+    for host in hosts(config):
+        for rec in read_records(host.deadletter_dir):
+            key = (rec["task_type"], _normal(rec["row"]))
+            counts[key] += 1
+            records.setdefault(key, []).append(rec)
     return counts, records
 
 
 def assert_deadletter_is_injected(config, injected, exactly=True):
     """Every dead-lettered row was injected as bad, refused for its injected fault.
 
+    ``config``: one, or the list of every host's (their dead letters together).
     ``exactly``: and every injected row is there once. Without it (after a
     kill -9 a task may run twice and write its refused rows twice) each
     injected row must be there at least once.
     """
     want, bad_rows = injected
     got, records = deadlettered_rows(config)
-    assert not (config.deadletter_dir / UNKNOWN).exists()
+    assert not any((host.deadletter_dir / UNKNOWN).exists() for host in hosts(config))
     not_injected = [records[k][0] for k in got if k not in want]
     assert not not_injected, f"{len(not_injected)} dead-lettered rows were not injected, e.g. {not_injected[:3]}"
     missing = [bad_rows[k] for k in want if got[k] < want[k]]
@@ -215,13 +222,23 @@ def assert_deadletter_is_injected(config, injected, exactly=True):
 # -- what is left over -----------------------------------------------------------
 
 def huey_state(config):
-    """Tasks (queued or leased), leases, results and scheduled tasks left in the Huey file."""
+    """Tasks, leases, results and scheduled tasks left in the configuration's queue, SQLite or Redis.
+
+    On SQLite ``tasks`` counts queued and leased tasks (a leased task stays in
+    the task table); on Redis a leased task has left the queue for its stager's
+    lease hash, so ``tasks`` counts the queued ones and ``leases`` every entry
+    of every lease hash, registered stager or not.
+    """
     huey, _ = build_huey(config)
     try:
         s = huey.storage
-        tasks = s.sql("select count(*) from task where queue = ?", (s.name,), results=True)[0][0]
-        return {"tasks": tasks, "leases": s.lease_count(), "results": s.result_store_size(),
-                "scheduled": s.schedule_size()}
+        if config.huey.backend == "redis":
+            tasks = s.queue_size()
+            leases = sum(s.conn.hlen(key) for key in s.conn.scan_iter(match=s.leases_key("*")))
+        else:
+            tasks = s.sql("select count(*) from task where queue = ?", (s.name,), results=True)[0][0]
+            leases = s.lease_count()
+        return {"tasks": tasks, "leases": leases, "results": s.result_store_size(), "scheduled": s.schedule_size()}
     finally:
         huey.storage.close()
 
@@ -231,15 +248,20 @@ def files_under(folder):
 
 
 def assert_nothing_left(config):
-    assert huey_state(config) == {"tasks": 0, "leases": 0, "results": 0, "scheduled": 0}
-    assert files_under(config.staging_dir) == []  # neither sealed files nor .tmp leftovers
-    assert files_under(config.quarantine_dir) == []
+    """The queue is empty, and so are staging and quarantine; ``config``: one, or every host's."""
+    for host in hosts(config):
+        assert huey_state(host) == {"tasks": 0, "leases": 0, "results": 0, "scheduled": 0}
+        assert files_under(host.staging_dir) == []  # neither sealed files nor .tmp leftovers
+        assert files_under(host.quarantine_dir) == []
 
 
 def assert_archive_is_the_manifest(config):
-    """Every archived file was committed (is in the manifest) and every manifest file was archived."""
-    archived = sorted(p.name for p in files_under(config.archive_dir))
-    con = lake.connect(config.loader.database, read_only=True)
+    """Every archived file was committed (is in the manifest) and every manifest file was archived.
+
+    ``config``: one, or the list of every host's loading into one warehouse (their archives together).
+    """
+    archived = sorted(p.name for host in hosts(config) for p in files_under(host.archive_dir))
+    con = lake.connect(hosts(config)[0].loader.database, read_only=True)
     try:
         manifest = sorted(r[0] for r in con.execute("SELECT file FROM _duckstage_manifest").fetchall())
     finally:

@@ -36,6 +36,7 @@ import pytest
 
 from duckstage import staging
 from duckstage.config import load_config
+from stager import QueueUnavailable
 from stager.produce import generate, produce
 from stager.tasks import build_huey
 from tests.helpers import queue_state, wait_for, write_config
@@ -59,6 +60,7 @@ class Producer(threading.Thread):
         self.config, self.rate = config, rate
         self.stopped = threading.Event()
         self.enqueued, self.rows, self.error = [], 0, None
+        self.unavailable = 0  # enqueues refused with the queue out of reach (a Redis restart), then made again
 
     def batches(self):
         chunk = 0
@@ -71,8 +73,20 @@ class Producer(threading.Thread):
             chunk += 1
 
     def run(self):
-        huey, enqueue = build_huey(self.config)
+        huey, task = build_huey(self.config)
         self.started = time.monotonic()
+
+        def enqueue(*args, **params):
+            # As a downloader does when the queue is out of reach: wait and enqueue again
+            # (the same fetch time, so the batch keeps its place in the version order).
+            while True:
+                try:
+                    return task(*args, **params)
+                except QueueUnavailable:
+                    self.unavailable += 1
+                    if self.stopped.wait(0.2):
+                        raise
+
         try:
             # One produce() call: fetch times rise across every batch, the
             # order expected_rows assumes.

@@ -126,3 +126,49 @@ def test_a_database_file_opens_in_loader_shell_once_the_loader_released_it(tmp_p
     loader.warehouse.close()
     out = run_cli(path, "shell", "-csv", "-noheader", "-c", "SELECT close FROM stock_daily")
     assert out.returncode == 0 and out.stdout.strip() == "10.0", out
+
+
+def test_upkeep_while_another_loader_commits_keeps_every_key_once(tmp_path, postgres_db):
+    """Loader a loads small files of stock_daily (new keys and newer versions) and runs its upkeep
+    between them, while loader b, on another host, commits to another table all along. With small
+    inserts kept in the catalog (DuckLake 1.5.5's data inlining), flushing them out at such a moment
+    left rows in the table twice, or failed with an internal error that left loader a unable to
+    write until restarted. Every key must be there once, with its newest version."""
+    import threading
+
+    database = "ducklake:postgres:" + postgres_db.conninfo
+    loader = {**FAST, "database": database, "data_path": str(tmp_path / "lake"), "maintenance_interval": 0,
+              "idle_release": 60}
+    configs = [load_config(write_config(tmp_path / host, loader=loader)) for host in ("a", "b")]
+    loaders = [Loader(config) for config in configs]
+    stop, errors = threading.Event(), []
+
+    def other_host():
+        stage, i = Stage(configs[1]), 0
+        try:
+            while not stop.is_set():
+                stage("daily_bar_none", [daily(f"{c:06d}.SH", 2 + i % 20, 5.0 + i, minutes=i) for c in range(1, 4)])
+                loaders[1].run_once()
+                i += 1
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    other = threading.Thread(target=other_host)
+    other.start()
+    stage, newest = Stage(configs[0]), {}
+    try:
+        for i in range(10):
+            rows = [daily(f"{c:06d}.SZ", 2, 10.0 + i, minutes=i) for c in range(3 * i + 1, 3 * i + 4)]  # new keys
+            rows += [daily(f"{c:06d}.SZ", 2, 10.0 + i, minutes=i) for c in (1, 3 * i // 2 + 1)]  # newer versions
+            stage("stock_daily", rows)
+            newest.update({r["ts_code"]: r["close"] for r in rows})
+            assert loaders[0].run_once() == 1
+            loaders[0].upkeep.run(loaders[0].warehouse, configs[0].datasets.names, configs[0].loader)
+    finally:
+        stop.set()
+        other.join(60)
+        for loader in loaders:
+            loader.warehouse.close()
+    assert not errors, errors
+    assert read(configs[0], "SELECT count(*) - count(DISTINCT ts_code) FROM stock_daily") == [(0,)]
+    assert dict(read(configs[0], "SELECT ts_code, close FROM stock_daily")) == newest

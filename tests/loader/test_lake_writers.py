@@ -150,17 +150,7 @@ def test_two_loaders_inserting_the_same_new_keys_at_once_leave_each_key_once(tmp
     from loader.load import load_files
     from loader.warehouse import Warehouse
 
-    database = catalog(kind, tmp_path, request)
-    configs = {host: load_config(host_config(tmp_path, host, database)) for host in ("a", "b")}
-    stager = Stager(random.Random(5))
-    stager.seal(configs["a"], "sa", stager.new_keys(10))  # the table exists before the race
-    wh = Warehouse(configs["a"].loader.database).open()
-    load_files(wh, configs["a"].datasets["stock_daily"], files_in_staging(configs["a"]), configs["a"],
-               settle=lambda p: Path(p).unlink())
-    wh.close()
-    keys = stager.new_keys(500)
-    for host, config in configs.items():
-        stager.seal(config, f"s{host}", keys)
+    configs = the_same_new_keys_on_two_hosts(tmp_path, catalog(kind, tmp_path, request), 500)
     at_commit, go = threading.Event(), threading.Event()
     paused = Warehouse(configs["a"].loader.database,
                        connect=lambda *a, **k: PausedAtCommit(duckdb.connect(*a, **k), at_commit, go)).open()
@@ -197,6 +187,27 @@ def test_two_loaders_inserting_the_same_new_keys_at_once_leave_each_key_once(tmp
             == [(510, 510)]
     finally:
         con.close()
+
+
+def the_same_new_keys_on_two_hosts(tmp_path, database, n):
+    """Two hosts' configurations on ``database``, a table of 10 rows, and one file of the same ``n``
+    new keys sealed on each host: {host: configuration}."""
+    from loader.load import load_files
+    from loader.warehouse import Warehouse
+
+    configs = {host: load_config(host_config(tmp_path, host, database)) for host in ("a", "b")}
+    stager = Stager(random.Random(5))
+    stager.seal(configs["a"], "sa", stager.new_keys(10))  # the table exists before the race
+    wh = Warehouse(configs["a"].loader.database).open()
+    try:
+        load_files(wh, configs["a"].datasets["stock_daily"], files_in_staging(configs["a"]), configs["a"],
+                   settle=lambda p: Path(p).unlink())
+    finally:
+        wh.close()
+    keys = stager.new_keys(n)
+    for host, config in configs.items():
+        stager.seal(config, f"s{host}", keys)
+    return configs
 
 
 def files_in_staging(config):
@@ -288,3 +299,65 @@ def test_a_commit_refused_for_a_concurrent_writer_is_retried_not_quarantined(tmp
     finally:
         con.close()
     assert rows == stager.newest
+
+
+def test_a_loader_killed_with_its_commit_on_the_way_does_not_let_the_next_double_its_keys(tmp_path, request,
+                                                                                         postgres_db):
+    """kill -9 of a loader just after it sent its COMMIT: its lock session ends at once and frees the
+    writer lock, while the catalog's other session is still committing. The next holder begins from
+    a snapshot without those rows; it must not insert their keys a second time."""
+    import duckdb
+    import psycopg
+
+    from loader.load import load_files
+    from loader.warehouse import Warehouse
+
+    # Only inserts, on both hosts: DuckLake sees no conflict between two such transactions.
+    configs = the_same_new_keys_on_two_hosts(tmp_path, "ducklake:postgres:" + postgres_db.conninfo, 500)
+    events = {host: (threading.Event(), threading.Event()) for host in configs}  # (at commit, go on)
+    warehouses = {host: Warehouse(config.loader.database, connect=lambda *a, host=host, **k: PausedAtCommit(
+        duckdb.connect(*a, **k), *events[host])).open() for host, config in configs.items()}
+    errors = []
+
+    def load(host):
+        config = configs[host]
+        try:
+            load_files(warehouses[host], config.datasets["stock_daily"], files_in_staging(config), config,
+                       settle=lambda p: Path(p).unlink())
+        except Exception as exc:  # noqa: BLE001 - the refused commit is looked at below
+            errors.append(exc)
+
+    threads = {host: threading.Thread(target=load, args=(host,)) for host in configs}
+    try:
+        threads["a"].start()
+        assert events["a"][0].wait(60), errors
+        # a dies: the server ends its lock session (what the kill does to it) ...
+        with psycopg.connect(postgres_db.conninfo, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE application_name = 'duckstage loader'")
+        threads["b"].start()  # ... b takes the lock and merges ...
+        assert events["b"][0].wait(60), errors
+        events["a"][1].set()  # ... and a's COMMIT, already sent, lands before b's
+        threads["a"].join(60)
+    finally:
+        for at_commit, go in events.values():
+            go.set()
+        for thread in threads.values():
+            if thread.ident:
+                thread.join(60)
+    left = files_in_staging(configs["b"])
+    if left:  # b's commit was refused: its next step loads the file
+        load_files(warehouses["b"], configs["b"].datasets["stock_daily"], left, configs["b"],
+                   settle=lambda p: Path(p).unlink())
+    for wh in warehouses.values():
+        wh.close()
+    con = lake.connect(configs["a"].loader.database, read_only=True)
+    try:
+        assert con.execute("SELECT count(*), count(DISTINCT (ts_code, trade_date)) FROM stock_daily").fetchall() \
+            == [(510, 510)]
+        assert con.execute("SELECT count(*), count(DISTINCT file) FROM _duckstage_manifest").fetchall() == [(3, 3)]
+    finally:
+        con.close()
+    # Refused as a concurrent writer: retried, never blamed on the file.
+    assert [type(e).__name__ for e in errors] == ["DatabaseBusy"] and left, errors
+    assert not files_in(configs["b"].quarantine_dir)
