@@ -222,6 +222,42 @@ def test_a_failed_commit_leaves_the_file_in_staging_and_nothing_in_the_table(con
     loader.stop()
 
 
+@pytest.mark.backends(LAKE_SQLITE, LAKE_POSTGRES, reason="a DuckDB file has one writer; a DuckLake's commit can"
+                                                        " lose to another loader's")
+def test_a_commit_refused_for_a_concurrent_writer_is_retried_not_quarantined(config, stage, monkeypatch):
+    """Another loader commits first, to the manifest rows of another task type (whose writer lock
+    it holds, not this one's); DuckLake refuses this commit, and the loader tries it again."""
+    from loader import warehouse
+
+    stage("stock_basic", [{"ts_code": "000001.SZ", "symbol": "000001", "name": "PA", "_task_id": "t",
+                           "_fetched_at": daily("x", 1, 1.0)["_fetched_at"]}])
+    loader = Loader(config)
+    assert loader.run_once() == 1
+    path = stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
+    real_commit = warehouse.Warehouse.commit
+    raced = []
+
+    def commit(self):
+        if not raced:  # a `loader reload` of stock_basic elsewhere, committed while this transaction is open
+            query(config, "UPDATE _duckstage_manifest SET loads = loads + 1 WHERE task_type = 'stock_basic'")
+            raced.append(self)
+        return real_commit(self)
+
+    monkeypatch.setattr(warehouse.Warehouse, "commit", commit)
+    assert loader.run_once() == 0
+    retry = loader.get_status()["retry"]
+    assert retry is not None and retry["what"] == "database busy", retry
+    assert retry["error"].startswith(f"cannot commit to {config.loader.database}: TransactionContext Error"), retry
+    assert path.exists() and files_in(config.quarantine_dir) == []
+    assert not has_table(config, "stock_daily")
+    loader.clock = lambda: 10**9  # past the backoff
+    assert loader.run_once() == 1
+    loader.stop()
+    assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 10.0)]
+    assert query(config, "SELECT task_type, loads FROM _duckstage_manifest ORDER BY task_type") == \
+        [("stock_basic", 2), ("stock_daily", 1)]
+
+
 def test_a_file_that_cannot_be_archived_is_loaded_once_and_archived_later(config, stage, monkeypatch):
     from loader import filing
 
