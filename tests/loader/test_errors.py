@@ -10,10 +10,12 @@ import pytest
 
 from loader import Loader
 from loader.exceptions import DatabaseBusy
+from loader.lake import LockTimeout
 from loader.warehouse import Warehouse
 
 from tests.helpers import hold_database, release
-from tests.loader.helpers import daily, files_in, loader_config, query, table
+from tests.loader.helpers import (DUCKDB, HELD_FILE, LAKE_POSTGRES, LAKE_SQLITE, daily, files_in, has_table,
+                                  hold_writer_lock, loader_config, query, table)
 
 
 def _report(config, path):
@@ -96,6 +98,7 @@ def test_a_row_the_table_refuses_quarantines_only_its_file(config, stage):
     assert "NOT NULL" in _report(config, bad)["error"]
 
 
+@pytest.mark.backends(DUCKDB, reason=HELD_FILE)
 def test_a_busy_database_is_retried_then_loaded(tmp_path, stage):
     config = loader_config(tmp_path, max_retries=1)
     stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
@@ -118,6 +121,31 @@ def test_a_busy_database_is_retried_then_loaded(tmp_path, stage):
     loader.stop()
 
 
+@pytest.mark.backends(LAKE_POSTGRES, reason="the catalog is a server that can be down")
+def test_an_unreachable_catalog_is_retried_then_loaded(tmp_path, stage, postgres_server):
+    config = loader_config(tmp_path, max_retries=1)
+    stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
+    postgres_server.stop()
+    try:
+        loader = Loader(config)
+        assert loader.run_once() == 0
+        assert loader.run_once() == 0
+        retry = loader.get_status()["retry"]
+        assert retry["attempts"] == 2 and retry["slow"] and retry["what"] == "database busy"
+        assert retry["error"].startswith(f"cannot open {config.loader.database}: ")
+        assert "connect" in retry["error"].lower()  # what it waits for: the catalog's server
+        snapshot = json.loads((config.run_dir / "loader.json").read_text())
+        assert snapshot["retry"]["slow"] is True and snapshot["state"] == "retrying"
+        assert files_in(config.staging_dir / "stock_daily") != [] and files_in(config.quarantine_dir) == []
+    finally:
+        postgres_server.start()
+    assert loader.run_once() == 1
+    assert loader.get_status()["retry"] is None
+    assert table(config, "stock_daily", "ts_code") == [("000001.SZ",)]
+    loader.stop()
+
+
+@pytest.mark.backends(DUCKDB, reason=HELD_FILE)
 def test_a_busy_database_says_which_database_and_what_failed_as_data(config):
     holder = hold_database(config.loader.database)
     try:
@@ -129,6 +157,39 @@ def test_a_busy_database_says_which_database_and_what_failed_as_data(config):
     assert busy.database == config.loader.database and busy.doing == "open"
     assert isinstance(busy.cause, duckdb.IOException) and "lock" in str(busy.cause)
     assert str(busy).startswith(f"cannot open {config.loader.database}: ")
+
+
+@pytest.mark.backends(LAKE_POSTGRES, reason="the catalog is a server that can be down")
+def test_an_unreachable_catalog_says_which_database_and_what_failed_as_data(config, postgres_server):
+    postgres_server.stop()
+    try:
+        with pytest.raises(DatabaseBusy) as caught:
+            Warehouse(config.loader.database).open()
+    finally:
+        postgres_server.start()
+    busy = caught.value
+    assert busy.database == config.loader.database and busy.doing == "open"
+    assert isinstance(busy.cause, duckdb.IOException) and "connect" in str(busy.cause).lower()
+    assert str(busy).startswith(f"cannot open {config.loader.database}: ")
+
+
+@pytest.mark.backends(LAKE_SQLITE, LAKE_POSTGRES, reason="only a DuckLake has a writer lock per task type")
+def test_a_held_writer_lock_says_which_task_type_and_which_database_as_data(config):
+    wh = Warehouse(config.loader.database)
+    holder = hold_writer_lock(config.loader.database, "stock_daily")
+    try:
+        with pytest.raises(DatabaseBusy) as caught:
+            with wh.writing("stock_daily", timeout=0.5):
+                pass
+        with wh.writing("stock_basic", timeout=0.5):  # another task type's lock is free
+            pass
+    finally:
+        release(holder)
+        wh.close()
+    busy = caught.value
+    assert busy.database == config.loader.database and busy.doing == "take the writer lock of stock_daily in"
+    assert isinstance(busy.cause, LockTimeout) and "held by another loader" in str(busy.cause)
+    assert str(busy).startswith(f"cannot take the writer lock of stock_daily in {config.loader.database}: ")
 
 
 def test_a_failed_commit_leaves_the_file_in_staging_and_nothing_in_the_table(config, stage, monkeypatch):
@@ -151,7 +212,7 @@ def test_a_failed_commit_leaves_the_file_in_staging_and_nothing_in_the_table(con
     assert path.exists()  # still staged: not archived, not quarantined
     assert files_in(config.quarantine_dir) == []
     # The rolled-back transaction had created the table too: nothing of it is left.
-    assert query(config, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'stock_daily'") == [(0,)]
+    assert not has_table(config, "stock_daily")
     assert query(config, "SELECT count(*) FROM _duckstage_manifest") == [(0,)]
     assert loader.get_status()["retry"] is not None  # an I/O error is retried, not a refused file
     loader.clock = lambda: 10**9  # past the backoff
@@ -159,6 +220,42 @@ def test_a_failed_commit_leaves_the_file_in_staging_and_nothing_in_the_table(con
     assert not path.exists()
     assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 10.0), ("600000.SH", 8.0)]
     loader.stop()
+
+
+@pytest.mark.backends(LAKE_SQLITE, LAKE_POSTGRES, reason="a DuckDB file has one writer; a DuckLake's commit can"
+                                                        " lose to another loader's")
+def test_a_commit_refused_for_a_concurrent_writer_is_retried_not_quarantined(config, stage, monkeypatch):
+    """Another loader commits first, to the manifest rows of another task type (whose writer lock
+    it holds, not this one's); DuckLake refuses this commit, and the loader tries it again."""
+    from loader import warehouse
+
+    stage("stock_basic", [{"ts_code": "000001.SZ", "symbol": "000001", "name": "PA", "_task_id": "t",
+                           "_fetched_at": daily("x", 1, 1.0)["_fetched_at"]}])
+    loader = Loader(config)
+    assert loader.run_once() == 1
+    path = stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
+    real_commit = warehouse.Warehouse.commit
+    raced = []
+
+    def commit(self):
+        if not raced:  # a `loader reload` of stock_basic elsewhere, committed while this transaction is open
+            query(config, "UPDATE _duckstage_manifest SET loads = loads + 1 WHERE task_type = 'stock_basic'")
+            raced.append(self)
+        return real_commit(self)
+
+    monkeypatch.setattr(warehouse.Warehouse, "commit", commit)
+    assert loader.run_once() == 0
+    retry = loader.get_status()["retry"]
+    assert retry is not None and retry["what"] == "database busy", retry
+    assert retry["error"].startswith(f"cannot commit to {config.loader.database}: TransactionContext Error"), retry
+    assert path.exists() and files_in(config.quarantine_dir) == []
+    assert not has_table(config, "stock_daily")
+    loader.clock = lambda: 10**9  # past the backoff
+    assert loader.run_once() == 1
+    loader.stop()
+    assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 10.0)]
+    assert query(config, "SELECT task_type, loads FROM _duckstage_manifest ORDER BY task_type") == \
+        [("stock_basic", 2), ("stock_daily", 1)]
 
 
 def test_a_file_that_cannot_be_archived_is_loaded_once_and_archived_later(config, stage, monkeypatch):

@@ -6,6 +6,7 @@ replaced by a plain file, a file written slowly by another thread) and checks
 where the files end up and what the warehouse holds.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -21,8 +22,8 @@ from loader.warehouse import MANIFEST
 from duckstage.staging import StagedFile
 
 from tests.helpers import eventually, hold_database, release
-from tests.loader.helpers import (Stage, daily, files_in, kill_9_lives, loader_config, query, run_cli, table,
-                                  write_loader_config)
+from tests.loader.helpers import (DUCKDB, LAKE_POSTGRES, LAKE_SQLITE, NO_WAREHOUSE, Stage, daily, files_in, has_table,
+                                  kill_9_lives, loader_config, query, run_cli, table, write_loader_config)
 
 
 def _loads(config):
@@ -44,22 +45,28 @@ def _basic(code):
 # -- staging/ on its own file system ------------------------------------------------
 
 
-@pytest.fixture
-def staging_on_tmpfs(tmp_path):
-    """``data/staging`` as a real tmpfs: another file system than ``data/archive``."""
+@contextlib.contextmanager
+def tmpfs(folder, size, what):
+    """A real tmpfs of ``size`` mounted on ``folder`` (``what`` names it in a skip), unmounted after."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs on staging/ (CI runs the tests as root)")
-    folder = tmp_path / "data" / "staging"
+        pytest.skip(f"needs root to mount a tmpfs on {what} (CI runs the tests as root)")
     folder.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                              capture_output=True, text=True)
     if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs on staging/ here: {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs on {what} here: {mounted.stderr.strip()}")
     try:
-        assert os.stat(folder).st_dev != os.stat(tmp_path / "data").st_dev
+        assert os.stat(folder).st_dev != os.stat(folder.parent).st_dev
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.fixture
+def staging_on_tmpfs(tmp_path):
+    """``data/staging`` as a real tmpfs: another file system than ``data/archive``."""
+    with tmpfs(tmp_path / "data" / "staging", "64m", "staging/") as folder:
+        yield folder
 
 
 def test_staging_on_another_file_system_is_archived_by_copy(tmp_path, staging_on_tmpfs):
@@ -127,6 +134,7 @@ def test_a_half_copied_archive_file_never_passes_for_a_whole_one(tmp_path, stagi
     assert _loads(config) == [(path.name, 1)]
 
 
+@pytest.mark.backends(DUCKDB, reason=NO_WAREHOUSE)
 def test_a_leftover_temporary_copy_of_a_file_long_gone_is_removed(tmp_path, staging_on_tmpfs):
     config = loader_config(tmp_path)
     leftover = config.archive_dir / "stock_daily" / "2025-01-06" / ".stock_daily-x.parquet.tmp"
@@ -139,16 +147,18 @@ def test_a_leftover_temporary_copy_of_a_file_long_gone_is_removed(tmp_path, stag
 
 
 @pytest.mark.timeout(120)
-def test_kill_9_while_archiving_across_file_systems_converges(tmp_path, staging_on_tmpfs):
+def test_kill_9_while_archiving_across_file_systems_converges(tmp_path, backend, staging_on_tmpfs):
     path = write_loader_config(tmp_path, max_rows_per_transaction=400)
     config = loader_config(tmp_path)
     stage = Stage(config)
     rng = random.Random(5)
-    for n in range(40):
+    # A DuckLake's commits and connections cost more (test_process's kill -9 test): fewer files, longer lives.
+    files, first = (16, (1.0, 2.0)) if backend.is_lake else (40, (0.6, 1.2))
+    for n in range(files):
         stage("stock_daily", [daily(f"{rng.randint(1, 30):06d}.SZ", rng.randint(1, 28), float(n), minutes=n)
                               for _ in range(50)])
     total = len(files_in(config.staging_dir))
-    kill_9_lives(path, config.staging_dir, rng, 30, first=(0.6, 1.2))
+    kill_9_lives(path, config.staging_dir, rng, 30, first=first)
     assert files_in(config.staging_dir) == [], "not done after 30 lives"
     assert files_in(config.quarantine_dir) == []
     archived = [p for p in config.archive_dir.rglob("*") if p.is_file()]
@@ -236,8 +246,9 @@ def test_an_archive_that_takes_no_file_backs_off_and_releases_the_database(tmp_p
             assert status["retry"]["attempts"] <= 12 and len(retries) <= 12, [r.getMessage() for r in retries]
             assert any(p.startswith("archive:") for p in loader.ready())
             assert any(p.startswith("archive failing (retry") for p in loader.ready())
-            holder = hold_database(config.loader.database)  # released between attempts: a person gets in
-            release(holder)
+            if not config.loader.database.is_lake:  # a DuckLake is never held from readers
+                holder = hold_database(config.loader.database)  # released between attempts: a person gets in
+                release(holder)
             assert all(p.exists() for p in paths)  # loaded, kept in staging/ until archived
 
             config.archive_dir.unlink()
@@ -291,3 +302,37 @@ def test_a_damaged_file_is_left_while_fresh_and_quarantined_once_still(config, s
     loader.run_once()
     loader.stop()
     assert files_in(config.quarantine_dir) == [damaged.name]
+
+
+# -- a DuckLake's data folder that takes no file --------------------------------------
+
+
+@pytest.mark.backends(LAKE_SQLITE, LAKE_POSTGRES, reason="only a DuckLake keeps its data in a folder of files")
+def test_a_full_lake_data_folder_is_waited_out_not_blamed_on_the_file(tmp_path):
+    config = loader_config(tmp_path)
+    with tmpfs(config.loader.database.data_path, "1m", "the DuckLake's data folder") as folder:
+        filler = folder / "filler"
+        with open(filler, "wb") as f:  # the disk is full: not one more block
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+        staged = Stage(config)("stock_daily", [daily(f"{i:06d}.SZ", 2, float(i)) for i in range(1, 200)])
+
+        loader = Loader(config)
+        try:
+            assert loader.run_once() == 0
+            retry = loader.get_status()["retry"]
+            assert retry is not None and retry["what"] == "database busy", retry
+            assert "No space left on device" in retry["error"]
+            assert staged.exists() and files_in(config.quarantine_dir) == []
+            assert not has_table(config, "stock_daily")
+
+            filler.unlink()  # room again
+            loader.clock = lambda: 10**9  # past the backoff
+            assert loader.run_once() == 1
+        finally:
+            loader.stop()
+        assert loader.get_status()["retry"] is None
+        assert query(config, "SELECT count(*) FROM stock_daily") == [(199,)]
+        assert files_in(config.archive_dir) == [staged.name] and files_in(config.quarantine_dir) == []

@@ -7,7 +7,7 @@ from loader.exceptions import LoaderError
 from loader.load import rebuild, resolve_paths
 from loader.warehouse import MANIFEST, Warehouse
 
-from tests.loader.helpers import daily, files_in, query, reload_files, table
+from tests.loader.helpers import DUCKDB, NO_WAREHOUSE, daily, files_in, query, reload_files, table
 
 
 def _load(config, stage):
@@ -54,6 +54,7 @@ def test_reload_of_a_quarantined_file_archives_it(config, stage):
     assert files_in(config.archive_dir) == [path.name]
 
 
+@pytest.mark.backends(DUCKDB, reason=NO_WAREHOUSE)
 def test_reload_refuses_paths_that_are_not_staged_files(config, tmp_path):
     (tmp_path / "x.parquet").write_text("no")
     with pytest.raises(LoaderError, match="not a staged file"):

@@ -10,8 +10,8 @@ from loader.exceptions import LoaderError
 from loader.load import rebuild, resolve_paths
 from loader.warehouse import MANIFEST, Warehouse
 
-from tests.loader.helpers import (Stage, daily, files_in, loader_config, query, reload_files, run_cli, table,
-                                  write_loader_config)
+from tests.loader.helpers import (DUCKDB, NO_WAREHOUSE, Stage, daily, files_in, loader_config, query, reload_files,
+                                  run_cli, table, write_loader_config)
 
 
 def _load(config, stage, files=3):
@@ -206,6 +206,7 @@ def test_reload_refuses_a_different_file_under_an_archived_name(config, stage, t
     assert other.exists()
 
 
+@pytest.mark.backends(DUCKDB, reason=NO_WAREHOUSE)
 def test_reload_refuses_a_link_to_something_that_is_not_a_regular_file(config, tmp_path):
     link = tmp_path / "stock_daily-20250106T080001000000Z-t1-000001.parquet"
     link.symlink_to(tmp_path / "nothing")

@@ -1,8 +1,10 @@
 """The loader's waits and what it says of them: the backoff it keeps while the
-database is held, ``loading`` in status, a step that makes no progress, a clean stop.
+database is held (or a DuckLake's catalog is down), ``loading`` in status, a step
+that makes no progress, a clean stop.
 
 Real processes where the behaviour is the process's (``loader run`` with a
-person holding the database in the duckdb CLI, SIGTERM); a ``Loader`` in this
+person holding the database in the duckdb CLI, or with the PostgreSQL catalog
+stopped; SIGTERM); a ``Loader`` in this
 process, its database open held back by a slow ``connect``, where the test
 must see a step in the middle.
 """
@@ -13,10 +15,12 @@ import threading
 import time
 
 import duckdb
+import pytest
 
 from loader import Loader
 from tests.helpers import eventually, free_port, get, get_json, hold_database, release
-from tests.loader.helpers import Stage, daily, files_in, loader_config, run_cli, write_loader_config
+from tests.loader.helpers import (DUCKDB, HELD_FILE, LAKE_POSTGRES, Stage, daily, files_in, loader_config,
+                                  run_cli, write_loader_config)
 
 
 
@@ -73,27 +77,28 @@ class Sealer:
         self.thread.join(10)
 
 
-def test_files_sealed_while_the_database_is_held_do_not_cut_the_backoff_short(tmp_path, spawn):
+def _sealing_while_unavailable_keeps_the_backoff(tmp_path, spawn, make_unavailable, make_available):
+    """``loader run`` while the warehouse cannot be opened and files keep being sealed: the
+    backoff runs its course, and the loader resumes soon after the warehouse is back."""
     # retry_max_delay far above the rest: a loader that waits it out after release is plainly late.
     path = write_loader_config(tmp_path, max_retries=2, retry_delay=1.0, retry_max_delay=30, idle_release=0,
-                        rescan_interval=0.5)
+                               rescan_interval=0.5)
     config = loader_config(tmp_path)
     stage = Stage(config)
     stage("stock_daily", [daily("600000.SH", 2, 8.0)])
-    holder = hold_database(config.loader.database)
+    make_unavailable(config)
     try:
         loader = spawn("loader", path, "--log-format", "json", "run")
         with Sealer(stage, every=0.2):
             assert eventually(lambda: len(_events(loader.log_path, "database_busy")) >= 3, 30), loader.log()
             time.sleep(1.0)  # more files sealed into the slow wait after max_retries
             attempts = _events(loader.log_path, "database_busy")
+        make_available()
         released_at = time.monotonic()
-        release(holder)
         assert eventually(lambda: files_in(config.staging_dir) == [], 25), loader.log()
         resumed_after = time.monotonic() - released_at
     finally:
-        if holder.poll() is None:
-            release(holder)
+        make_available()
     assert loader.stop() == 0
 
     # Attempts 1, 2, 3 at the backoff's 1 s and 2 s, then slowly: the sealed files woke nothing.
@@ -104,6 +109,24 @@ def test_files_sealed_while_the_database_is_held_do_not_cut_the_backoff_short(tm
     # Resumed within retry_delay of the release (with room for a loaded machine), not after 30 s.
     assert resumed_after < 15, resumed_after
     assert _events(loader.log_path, "recovered")
+
+
+@pytest.mark.backends(DUCKDB, reason=HELD_FILE)
+def test_files_sealed_while_the_database_is_held_do_not_cut_the_backoff_short(tmp_path, spawn):
+    holders = []
+
+    def release_once():
+        if holders and holders[0].poll() is None:
+            release(holders[0])
+
+    _sealing_while_unavailable_keeps_the_backoff(
+        tmp_path, spawn, lambda config: holders.append(hold_database(config.loader.database)), release_once)
+
+
+@pytest.mark.backends(LAKE_POSTGRES, reason="the catalog is a server that can be down")
+def test_files_sealed_while_the_catalog_is_down_do_not_cut_the_backoff_short(tmp_path, spawn, postgres_server):
+    _sealing_while_unavailable_keeps_the_backoff(tmp_path, spawn, lambda config: postgres_server.stop(),
+                                                 postgres_server.start)
 
 
 def test_status_says_loading_while_a_load_runs(tmp_path):
