@@ -25,6 +25,7 @@ soak: $(VENV)/.installed  ## the slow soak tests
 bench: $(VENV)/.installed  ## print throughput and memory figures (DuckDB file and DuckLake)
 	$(PY) benchmarks/bench_stager.py
 	$(PY) benchmarks/bench_loader.py
+	$(PY) benchmarks/bench_redis.py
 	$(PY) benchmarks/bench_e2e.py
 	$(PY) benchmarks/bench_lake.py
 	$(PY) benchmarks/bench_history.py
