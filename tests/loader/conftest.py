@@ -3,7 +3,8 @@
 Each test runs once per backend of ``BACKENDS`` (ids ``[duckdb]``,
 ``[ducklake-sqlite]``, ``[ducklake-postgres]``). A test about something only
 one backend has says so with ``@pytest.mark.backends(name..., reason=...)``;
-the reason is required, and shows in ``--collect-only`` and in the code.
+the reason is required, and shows in the code. The DuckLake's own tests
+(``test_lake_*.py``) are not parametrised: they choose their catalogs themselves.
 """
 
 import threading
@@ -11,7 +12,7 @@ import threading
 import pytest
 
 from tests.helpers import eventually
-from tests.loader.helpers import BACKENDS, LAKE_POSTGRES, Backend, Stage, loader_config, using
+from tests.loader.helpers import BACKENDS, DUCKDB, LAKE_POSTGRES, Backend, Stage, loader_config, using
 
 
 def pytest_configure(config):
@@ -20,8 +21,8 @@ def pytest_configure(config):
 
 
 def pytest_generate_tests(metafunc):
-    if "backend" not in metafunc.fixturenames:
-        return
+    if "backend" not in metafunc.fixturenames or metafunc.module.__name__.rpartition(".")[2].startswith("test_lake_"):
+        return  # the DuckLake's own tests (test_lake_*.py) choose their catalogs themselves
     mark = metafunc.definition.get_closest_marker("backends")
     names = BACKENDS
     if mark is not None:
@@ -36,7 +37,7 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(autouse=True)
 def backend(request):
     """The test's warehouse backend: what ``loader_config`` and ``write_loader_config`` configure."""
-    name = request.param
+    name = getattr(request, "param", DUCKDB)
     if name == LAKE_POSTGRES:
         chosen = Backend(name, request.getfixturevalue("postgres_db"), request.getfixturevalue("postgres_server"))
     else:

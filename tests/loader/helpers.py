@@ -25,7 +25,7 @@ from duckstage.staging import StagedFile
 from loader import lake
 from loader.load import reload, resolve_paths
 from loader.warehouse import Warehouse
-from tests.helpers import CONFIG_DIR, eventually, write_config
+from tests.helpers import CONFIG_DIR, REPO, Process, eventually, wait_for, write_config
 
 BASE = dt.datetime(2025, 1, 6, 8, 0, tzinfo=dt.timezone.utc)
 FAST = {"retry_delay": 0.05, "retry_max_delay": 0.2, "idle_release": 0, "rescan_interval": 0.2}
@@ -205,30 +205,18 @@ def has_table(config, name):
                          " AND table_name = ?", [name]) == [(1,)]
 
 
-_HOLD_WRITER_LOCK = """
-import sys
-from duckstage.database import parse
-from loader.lake import WriterLock
-lock = WriterLock(parse(sys.argv[1], ".", "lake"))
-release = lock.acquire(sys.argv[2], timeout=30)
-print("held", flush=True)
-sys.stdin.read()
-release()
-lock.close()
-"""
-
-
-def hold_writer_lock(database, task_type):
-    """Another loader holding ``task_type``'s writer lock on a DuckLake: a process that took it
-    through ``loader.lake.WriterLock`` and keeps it until ``tests.helpers.release``."""
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD_WRITER_LOCK, database.attach_target, task_type],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().strip()
-    if line != "held":
-        proc.kill()
-        proc.wait(10)
-        raise AssertionError(f"could not take the writer lock of {task_type} in {database}: {line!r}")
-    return proc
+def hold_writer_lock(config_path, task_type):
+    """Another loader holding ``task_type``'s writer lock on the configuration's DuckLake: the
+    process ``tests.loader.hold_writer_lock``, once it holds it; ``stop()`` it to release it."""
+    holder = Process("tests.loader.hold_writer_lock", config_path, task_type, env={"PYTHONPATH": str(REPO)})
+    try:
+        wait_for(lambda: "held" in holder.log() or holder.proc.poll() is not None, timeout=30,
+                 message=f"the writer lock of {task_type} to be held")
+        assert "held" in holder.log(), holder.log()
+    except BaseException:
+        holder.close()
+        raise
+    return holder
 
 
 def files_in(folder, pattern="*.parquet"):

@@ -15,7 +15,7 @@ from loader.warehouse import Warehouse
 
 from tests.helpers import hold_database, release
 from tests.loader.helpers import (DUCKDB, HELD_FILE, LAKE_POSTGRES, LAKE_SQLITE, daily, files_in, has_table,
-                                  hold_writer_lock, loader_config, query, table)
+                                  hold_writer_lock, loader_config, query, table, write_loader_config)
 
 
 def _report(config, path):
@@ -174,9 +174,9 @@ def test_an_unreachable_catalog_says_which_database_and_what_failed_as_data(conf
 
 
 @pytest.mark.backends(LAKE_SQLITE, LAKE_POSTGRES, reason="only a DuckLake has a writer lock per task type")
-def test_a_held_writer_lock_says_which_task_type_and_which_database_as_data(config):
+def test_a_held_writer_lock_says_which_task_type_and_which_database_as_data(tmp_path, config):
     wh = Warehouse(config.loader.database)
-    holder = hold_writer_lock(config.loader.database, "stock_daily")
+    holder = hold_writer_lock(write_loader_config(tmp_path), "stock_daily")
     try:
         with pytest.raises(DatabaseBusy) as caught:
             with wh.writing("stock_daily", timeout=0.5):
@@ -184,7 +184,7 @@ def test_a_held_writer_lock_says_which_task_type_and_which_database_as_data(conf
         with wh.writing("stock_basic", timeout=0.5):  # another task type's lock is free
             pass
     finally:
-        release(holder)
+        holder.close()
         wh.close()
     busy = caught.value
     assert busy.database == config.loader.database and busy.doing == "take the writer lock of stock_daily in"
@@ -224,7 +224,7 @@ def test_a_failed_commit_leaves_the_file_in_staging_and_nothing_in_the_table(con
 
 @pytest.mark.backends(LAKE_SQLITE, LAKE_POSTGRES, reason="a DuckDB file has one writer; a DuckLake's commit can"
                                                         " lose to another loader's")
-def test_a_commit_refused_for_a_concurrent_writer_is_retried_not_quarantined(config, stage, monkeypatch):
+def test_a_commit_that_loses_to_another_task_types_loader_is_retried_not_quarantined(config, stage, monkeypatch):
     """Another loader commits first, to the manifest rows of another task type (whose writer lock
     it holds, not this one's); DuckLake refuses this commit, and the loader tries it again."""
     from loader import warehouse

@@ -114,7 +114,7 @@ def test_run_waits_for_another_loader_holding_the_writer_lock_then_loads(tmp_pat
     basic = stage("stock_basic", [{"ts_code": "000001.SZ", "symbol": "000001", "name": "PA", "_task_id": "t",
                                    "_fetched_at": daily("x", 1, 1.0)["_fetched_at"]}])
     staged = stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
-    holder = hold_writer_lock(config.loader.database, "stock_daily")
+    holder = hold_writer_lock(path, "stock_daily")
     try:
         proc = spawn("loader", path, "run")
         # The other task type's lock is free: it loads meanwhile, and status says what this one waits on.
@@ -123,12 +123,11 @@ def test_run_waits_for_another_loader_holding_the_writer_lock_then_loads(tmp_pat
         assert st["loader"]["running"] and st["loading"]["task_type"] == "stock_daily", st
         assert staged.exists() and files_in(config.quarantine_dir) == []
         assert not has_table(config, "stock_daily")
-        release(holder)
+        holder.stop(10)
         assert eventually(lambda: files_in(config.archive_dir) == sorted([basic.name, staged.name]), 20), proc.log()
         assert proc.stop() == 0
     finally:
-        if holder.poll() is None:
-            release(holder)
+        holder.close()
     assert table(config, "stock_daily", "ts_code") == [("000001.SZ",)]
     assert query(config, f"SELECT count(*) FROM {MANIFEST}") == [(2,)]
 
