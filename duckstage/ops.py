@@ -300,6 +300,7 @@ class BoundedServer(HTTPServer):
         self._slots = threading.BoundedSemaphore(limits.connections)
         self._lock = threading.Lock()
         self._open = {}  # socket -> the thread serving it
+        self._threads = set()  # every connection thread not yet joined, including one past its close
         super().__init__(address, Handler)
 
     def process_request(self, request, client_address):
@@ -310,11 +311,14 @@ class BoundedServer(HTTPServer):
                                   name=f"{self.ops.process}-http-connection")
         with self._lock:
             self._open[request] = thread
+            self._threads = {t for t in self._threads if t.is_alive()}
+            self._threads.add(thread)
         try:
             thread.start()
         except RuntimeError:  # no thread to be had: as busy as can be
             with self._lock:
                 del self._open[request]
+                self._threads.discard(thread)
             self._slots.release()
             self._turn_away(request)
 
@@ -352,14 +356,15 @@ class BoundedServer(HTTPServer):
         with self._lock:
             for sock in self._open:
                 _shutdown(sock, socket.SHUT_RD)  # a thread blocked reading returns at once
-            threads = list(self._open.values())
+            # A thread whose client already hung up may still be closing its socket: join it too.
+            threads = list(self._threads)
         deadline = time.monotonic() + grace
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             for sock in self._open:
                 _shutdown(sock, socket.SHUT_RDWR)  # a client that does not read stops holding a write
-            threads = list(self._open.values())
+            threads = [t for t in self._threads if t.is_alive()]
         deadline = time.monotonic() + 1.0
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
