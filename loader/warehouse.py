@@ -23,6 +23,7 @@ loaded. Facts this module is written around (DuckDB 2.0.1 and 1.5.5, measured):
 import contextlib
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 
 import duckdb
@@ -127,17 +128,31 @@ class Warehouse:
             self.con = lake.connect(self.database, read_only=self.read_only, connect=self._connect)
             if self.read_only:
                 return self
-            key = "" if self.database.is_lake else " PRIMARY KEY"  # DuckLake has none: see writing()
-            self.con.execute(
-                f"CREATE TABLE IF NOT EXISTS {MANIFEST} ("
-                f" file VARCHAR{key} NOT NULL, task_type VARCHAR NOT NULL, size BIGINT NOT NULL,"
-                " checksum VARCHAR NOT NULL, rows BIGINT NOT NULL, inserted BIGINT NOT NULL,"
-                " updated BIGINT NOT NULL, loaded_at TIMESTAMP NOT NULL,"
-                " forced BOOLEAN NOT NULL DEFAULT false, loads INTEGER NOT NULL DEFAULT 1)")
+            for attempt in range(5):
+                try:
+                    self._create_own_tables()
+                    break
+                except duckdb.TransactionException:  # another loader created them at the same moment
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
         except duckdb.Error as exc:
             self.close()
             raise DatabaseBusy(self.database, "open", exc) from exc
         return self
+
+    def _create_own_tables(self):
+        key = "" if self.database.is_lake else " PRIMARY KEY"  # DuckLake has none: see writing()
+        self.con.execute(
+            f"CREATE TABLE IF NOT EXISTS {MANIFEST} ("
+            f" file VARCHAR{key} NOT NULL, task_type VARCHAR NOT NULL, size BIGINT NOT NULL,"
+            " checksum VARCHAR NOT NULL, rows BIGINT NOT NULL, inserted BIGINT NOT NULL,"
+            " updated BIGINT NOT NULL, loaded_at TIMESTAMP NOT NULL,"
+            " forced BOOLEAN NOT NULL DEFAULT false, loads INTEGER NOT NULL DEFAULT 1)")
+        if self.database.is_lake:
+            # Here, not in fence(): two loaders' first writes of different task types would
+            # both create it in their transactions, and one of the commits would be refused.
+            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {FENCES}")
 
     def close(self):
         self.lock.close()
@@ -185,7 +200,6 @@ class Warehouse:
         if not self.database.is_lake:
             return
         table = f"{FENCES}.{q('fence_' + task_type)}"
-        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {FENCES}")
         self.con.execute(f"CREATE TABLE IF NOT EXISTS {table} (commits BIGINT NOT NULL)")
         if not self.con.execute(f"UPDATE {table} SET commits = commits + 1").fetchall()[0][0]:
             self.con.execute(f"INSERT INTO {table} VALUES (1)")  # the first write of this task type

@@ -153,6 +153,7 @@ def test_upkeep_while_another_loader_commits_keeps_every_key_once(tmp_path, post
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
+    loaders[0].warehouse.open()  # creates the catalog: two first ATTACHes at once collide (and are retried)
     other = threading.Thread(target=other_host)
     other.start()
     stage, newest = Stage(configs[0]), {}
@@ -162,7 +163,8 @@ def test_upkeep_while_another_loader_commits_keeps_every_key_once(tmp_path, post
             rows += [daily(f"{c:06d}.SZ", 2, 10.0 + i, minutes=i) for c in (1, 3 * i // 2 + 1)]  # newer versions
             stage("stock_daily", rows)
             newest.update({r["ts_code"]: r["close"] for r in rows})
-            assert loaders[0].run_once() == 1
+            # A commit refused for loader b's is retried, as by `loader run`: at most a few times here.
+            assert 1 in (loaders[0].run_once() for _ in range(5)), "the file was not loaded"
             loaders[0].upkeep.run(loaders[0].warehouse, configs[0].datasets.names, configs[0].loader)
     finally:
         stop.set()
