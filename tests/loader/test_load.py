@@ -54,6 +54,22 @@ def test_duplicate_keys_in_one_file_and_across_files_follow_the_version_order(co
     loader.stop()
 
 
+def test_tables_have_no_key_constraint_and_the_merge_keeps_one_row_per_key(config, stage):
+    """No PRIMARY KEY constraint (it made loading 1.7x slower): the MERGE alone keeps keys unique,
+    across files, transactions and versions that come again."""
+    loader = Loader(config.with_loader(max_rows_per_transaction=2))
+    for minutes in (1, 2, 2):
+        stage("stock_daily", [daily("000001.SZ", 2, 10.0 + minutes, minutes=minutes),
+                              daily("600000.SH", 2, 8.0, minutes=minutes), daily("600000.SH", 3, 8.5)])
+        loader.run_once()
+    assert query(config, "SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'stock_daily'"
+                         " AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')") == [(0,)]
+    assert query(config, "SELECT count(*), count(DISTINCT (ts_code, trade_date)) FROM stock_daily") == [(3, 3)]
+    assert table(config, "stock_daily", "ts_code, close") == [("000001.SZ", 12.0), ("600000.SH", 8.0),
+                                                              ("600000.SH", 8.5)]
+    loader.stop()
+
+
 def test_balancesheet_version_order_update_flag_before_fetch_time(config, stage):
     def row(flag, ann, minutes, total):
         return {"ts_code": "600000.SH", "end_date": dt.date(2024, 12, 31), "report_type": "1",
