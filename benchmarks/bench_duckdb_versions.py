@@ -5,8 +5,8 @@
 The project pins duckdb 1.5.5 because the DuckLake, SQLite and PostgreSQL
 extension packages are built for that version only. This measures the price
 on the DuckDB file: bench_loader.py's main figure (100k-row Parquet files,
-half of their rows updates, MERGEd by the real Loader into a 2M-row table with
-a primary key) measured by each interpreter in turn, ``--rounds`` times,
+half of their rows updates, MERGEd by the real Loader into a 2M-row table it
+created) measured by each interpreter in turn, ``--rounds`` times,
 alternating, so a change in the machine's load hits both versions alike.
 
 Each interpreter needs the project's dependencies; the code is this
@@ -64,7 +64,7 @@ def compare(args):
             version, seen = rates.setdefault(python, (figure["duckdb"], []))
             seen.append(figure["rows_per_second"])
             print(f"round {round_}: duckdb {version:<7} {figure['rows_per_second']:>10,.0f} rows/s  ({python})")
-    print(f"MERGE of {args.file_rows:,}-row files (half updates) into a {args.rows:,}-row table with a primary key,"
+    print(f"MERGE of {args.file_rows:,}-row files (half updates) into a {args.rows:,}-row table,"
           f" {args.rows // 2:,} rows merged; median of {args.rounds} rounds:")
     medians = {python: statistics.median(seen) for python, (_, seen) in rates.items()}
     first = medians[args.pythons[0]]
