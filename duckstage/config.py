@@ -104,6 +104,11 @@ def _redis_url(v):
     return url.scheme in REDIS_SCHEMES and bool(url.hostname) and re.fullmatch(r"(/\d*)?", url.path) is not None
 
 
+def _is_size(value):
+    """A size DuckDB's memory_limit takes: a number and a unit, e.g. 512MB, 1.5GB, 2GiB."""
+    return re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value.strip(), re.IGNORECASE) is not None
+
+
 def redact_url(url):
     """A URL without its password (``***`` in its place), for status, logs and error messages."""
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", url) if isinstance(url, str) else url
@@ -200,6 +205,9 @@ SPEC = {
                                        "DuckLake only: days of snapshots kept for time travel"),
         "idle_release": Key(2.0, _num, "a number of seconds >= 0", lambda v: v >= 0, True,
                             "seconds idle before the loader closes the database for others"),
+        "memory_limit": Key("512MB", str, "a size such as 512MB or 2GB", _is_size,
+                            meaning="DuckDB's memory limit in the loader (`SET memory_limit`); beyond it a MERGE"
+                                    " spills to disk. The process's resident memory stays a few hundred MB above it"),
         "shutdown_timeout": _seconds(60, "seconds for a clean stop (the current transaction)", live=False),
         **_metrics_keys("as for the stager", "as for the stager"),
     },

@@ -86,7 +86,8 @@ def _open(config, stop, read_only=False):
     def waiting(exc, delay, attempts):
         say(f"database busy, retry {attempts} in {delay:g}s: {one_line(exc)}")
 
-    return wait_open(Warehouse(config.loader.database, read_only=read_only), config.loader, stop, waiting)
+    return wait_open(Warehouse(config.loader.database, read_only=read_only,
+                                memory_limit=config.loader.memory_limit), config.loader, stop, waiting)
 
 
 @contextlib.contextmanager

@@ -89,7 +89,8 @@ class Loader:
 
     def __init__(self, config, connect=None, clock=time.monotonic, stuck_after=None):
         self.config = config
-        self.warehouse = Warehouse(config.loader.database, **({"connect": connect} if connect else {}))
+        self.warehouse = Warehouse(config.loader.database, memory_limit=config.loader.memory_limit,
+                                   **({"connect": connect} if connect else {}))
         self.clock = clock
         lc = config.loader
         self.backoff = Backoff(lc.retry_delay, 2.0, max(lc.retry_max_delay, lc.retry_delay))

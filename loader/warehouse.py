@@ -109,8 +109,9 @@ class Warehouse:
     writes a task type's table or manifest rows (``loader.lake.WriterLock``).
     """
 
-    def __init__(self, database, connect=duckdb.connect, read_only=False):
+    def __init__(self, database, connect=duckdb.connect, read_only=False, memory_limit=None):
         self.database = database
+        self.memory_limit = memory_limit  # loader.memory_limit: DuckDB's own default is 80 % of the RAM
         self._connect = connect
         self.read_only = read_only  # for readers (``loader asof``): nothing is created
         self.con = None
@@ -126,6 +127,10 @@ class Warehouse:
             return self
         try:
             self.con = lake.connect(self.database, read_only=self.read_only, connect=self._connect)
+            if self.memory_limit:
+                self.con.execute(f"SET memory_limit = '{self.memory_limit}'")
+            if not self.read_only:  # a long commit drew DuckDB's progress bar into the loader's log
+                self.con.execute("SET enable_progress_bar = false")
             if self.read_only:
                 return self
             for attempt in range(5):

@@ -70,6 +70,16 @@ def test_tables_have_no_key_constraint_and_the_merge_keeps_one_row_per_key(confi
     loader.stop()
 
 
+def test_the_loader_holds_duckdb_to_loader_memory_limit(config, stage):
+    stage("stock_daily", [daily("000001.SZ", 2, 10.0)])
+    loader = Loader(config.with_loader(memory_limit="256MB"))
+    assert loader.run_once() == 1
+    con = loader.warehouse.open().con
+    assert con.execute("SELECT current_setting('memory_limit'), current_setting('enable_progress_bar')"
+                       ).fetchone() == ("244.1 MiB", False)
+    loader.stop()
+
+
 def test_balancesheet_version_order_update_flag_before_fetch_time(config, stage):
     def row(flag, ann, minutes, total):
         return {"ts_code": "600000.SH", "end_date": dt.date(2024, 12, 31), "report_type": "1",

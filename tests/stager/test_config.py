@@ -51,6 +51,8 @@ def test_shipped_config_file_equals_the_defaults(tmp_path):
     ({"huey": {"backend": "redis", "url": "redis://h/0", "lease_timeout": 0.5}}, "huey.lease_timeout",
      "a number of seconds >= 1"),
     ({"loader": {"new_columns": "merge"}}, "loader.new_columns", "one of add, quarantine, ignore"),
+    ({"loader": {"memory_limit": "lots"}}, "loader.memory_limit", "a size such as 512MB or 2GB"),
+    ({"loader": {"memory_limit": 512}}, "loader.memory_limit", "a size such as 512MB or 2GB"),
     ({"log_level": "LOUD"}, "log_level", "one of DEBUG"),
     ({"stager": {"task_types": {"incomes": {"batch_size": 5}}}}, "stager.task_types.incomes", "a task type declared"),
     ({"stager": {"task_types": {"income": {"batch_size": -5}}}}, "stager.task_types.income.batch_size", "positive"),
