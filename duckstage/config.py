@@ -104,9 +104,14 @@ def _redis_url(v):
     return url.scheme in REDIS_SCHEMES and bool(url.hostname) and re.fullmatch(r"(/\d*)?", url.path) is not None
 
 
-def _is_size(value):
-    """A size DuckDB's memory_limit takes: a number and a unit, e.g. 512MB, 1.5GB, 2GiB."""
-    return re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value.strip(), re.IGNORECASE) is not None
+_SIZE_UNITS = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _is_memory_limit(value):
+    """A size DuckDB's memory_limit takes (a number and a unit: 512MB, 1.5GB, 2GiB), at least 64MB:
+    below that a MERGE of one file runs out of memory, and the loader would retry it forever."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B)", value.strip(), re.IGNORECASE)
+    return match is not None and float(match[1]) * _SIZE_UNITS[match[2].lower()] >= 64e6
 
 
 def redact_url(url):
@@ -205,7 +210,7 @@ SPEC = {
                                        "DuckLake only: days of snapshots kept for time travel"),
         "idle_release": Key(2.0, _num, "a number of seconds >= 0", lambda v: v >= 0, True,
                             "seconds idle before the loader closes the database for others"),
-        "memory_limit": Key("512MB", str, "a size such as 512MB or 2GB", _is_size,
+        "memory_limit": Key("512MB", str, "a size of at least 64MB, such as 512MB or 2GB", _is_memory_limit,
                             meaning="DuckDB's memory limit in the loader (`SET memory_limit`); beyond it a MERGE"
                                     " spills to disk. The process's resident memory stays a few hundred MB above it"),
         "shutdown_timeout": _seconds(60, "seconds for a clean stop (the current transaction)", live=False),
