@@ -270,8 +270,13 @@ def main():
               f" -> {rate:,.0f} rows/s (the producer finished after {run['produced_in'] / 60:.1f} min);"
               f" {files:,} files merged")
         if rates:
-            print(f"per interval: rows/s min {min(rates):,.0f}, max {max(rates):,.0f}; MERGE rows/s first"
-                  f" {merges[0] if merges else 0:,.0f}, last {merges[-1] if merges else 0:,.0f}")
+            # The MERGE rate follows the file size first: compare intervals of large files (the bars)
+            # with each other to see whether it falls as the tables grow.
+            large = [m for _, rows, _, m in run["minutes"] if m and rows >= 1_000_000]
+            print(f"per interval: rows/s min {min(rates):,.0f}, max {max(rates):,.0f}; MERGE rows/s in the"
+                  f" intervals that committed >= 1M rows (large files, the tables growing): "
+                  + (f"first {large[0]:,.0f}, last {large[-1]:,.0f}" if large else "none")
+                  + f"; in the interval last of all {merges[-1] if merges else 0:,.0f}")
         print(f"peak RSS: stager {run['stager_peak'] / MiB:,.0f} MiB, loader {run['loader_peak'] / MiB:,.0f} MiB")
         print(f"on disk: warehouse {db / MiB:,.0f} MiB ({sum(counts.values()):,} rows), archive {archive / MiB:,.0f}"
               f" MiB")
