@@ -166,7 +166,10 @@ def verify(config, task_types, market):
     """Rows per table and files merged; exits when a table lacks rows."""
     con = duckdb.connect(str(config.loader.database), read_only=True)
     try:
-        counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in task_types}
+        tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        # A short --years may hold no report of a statement: its table is never created.
+        counts = {t: con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] if t in tables else 0
+                  for t in task_types}
         files = con.execute("SELECT count(*) FROM _duckstage_manifest").fetchone()[0]
     finally:
         con.close()
