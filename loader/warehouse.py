@@ -23,7 +23,6 @@ loaded. Facts this module is written around (DuckDB 2.0.1 and 1.5.5, measured):
 import contextlib
 import hashlib
 import logging
-import time
 from dataclasses import dataclass
 
 import duckdb
@@ -133,14 +132,8 @@ class Warehouse:
                 self.con.execute("SET enable_progress_bar = false")
             if self.read_only:
                 return self
-            for attempt in range(5):
-                try:
-                    self._create_own_tables()
-                    break
-                except duckdb.TransactionException:  # another loader created them at the same moment
-                    if attempt == 4:
-                        raise
-                    time.sleep(0.05 * (attempt + 1))
+            # Another loader creating them at the same moment makes this DatabaseBusy: retried.
+            self._create_own_tables()
         except duckdb.Error as exc:
             self.close()
             raise DatabaseBusy(self.database, "open", exc) from exc
